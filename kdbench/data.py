@@ -1,0 +1,295 @@
+"""Datasets as whole uint8 tensors, with batched tensor augmentation on the training device.
+
+Every dataset loader returns an :class:`ImageData`: the train and test images as uint8
+``N×C×H×W`` tensors with int64 labels. Training batches are cut from that tensor and
+augmented as a whole batch with tensor ops (random crop with zero padding, horizontal
+flip) on the training device — far cheaper than per-sample PIL transforms, and
+deterministic under a seed: the order and augmentation of epoch ``e`` depend only on
+``(seed, stage, e)``, so a run resumed from an epoch checkpoint replays exactly.
+
+A method that needs more from the data (CRD's negatives, CCD's second view) wraps the
+:class:`TrainData` through ``Method.wrap_train_dataset`` and overrides
+:meth:`TrainData.make_batch`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import torch
+from torch import Tensor
+
+from kdbench.spec import Recipe
+
+log = logging.getLogger(__name__)
+
+DEFAULT_DATA_ROOT = Path("~/.cache/kdbench/data")
+
+
+class DatasetError(RuntimeError):
+    """A dataset is missing, malformed or inconsistent; the message says what and how to fix it."""
+
+
+def data_root(explicit: str | os.PathLike | None = None) -> Path:
+    """``--data-root`` if given, else ``$KDBENCH_DATA``, else ``~/.cache/kdbench/data``."""
+    if explicit:
+        return Path(explicit).expanduser()
+    env = os.environ.get("KDBENCH_DATA")
+    return Path(env).expanduser() if env else DEFAULT_DATA_ROOT.expanduser()
+
+
+@dataclass(frozen=True)
+class Augment:
+    """Batched training augmentation: random crop of the original size from a zero-padded
+    image (torchvision's ``RandomCrop(size, padding=pad)``) and horizontal flip."""
+
+    crop_padding: int = 4
+    hflip: bool = True
+
+
+@dataclass
+class ImageData:
+    """A loaded dataset: whole-set uint8 tensors (``N×C×H×W``) and int64 labels."""
+
+    name: str
+    train_images: Tensor
+    train_labels: Tensor
+    test_images: Tensor
+    test_labels: Tensor
+    classes: list[str]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    augment: Augment = field(default_factory=Augment)
+
+    def __post_init__(self) -> None:
+        for split in ("train", "test"):
+            x, y = getattr(self, f"{split}_images"), getattr(self, f"{split}_labels")
+            if x.dtype != torch.uint8 or x.dim() != 4:
+                raise DatasetError(f"{self.name}: {split} images must be uint8 N×C×H×W, got {x.dtype} {tuple(x.shape)}")
+            if y.shape != (x.shape[0],):
+                raise DatasetError(f"{self.name}: {split} has {x.shape[0]} images but {tuple(y.shape)} labels")
+            if len(y) and (int(y.min()) < 0 or int(y.max()) >= len(self.classes)):
+                raise DatasetError(f"{self.name}: {split} labels outside [0, {len(self.classes)})")
+        if self.train_images.shape[1:] != self.test_images.shape[1:]:
+            raise DatasetError(
+                f"{self.name}: train images {tuple(self.train_images.shape[1:])} and test images "
+                f"{tuple(self.test_images.shape[1:])} differ in shape"
+            )
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def input_size(self) -> tuple[int, int, int]:
+        return tuple(self.train_images.shape[1:])  # type: ignore[return-value]
+
+    def fingerprint(self) -> str:
+        """A short content hash (shapes, labels and a sparse sample of pixels)."""
+        h = hashlib.sha256()
+        for t in (self.train_images, self.test_images):
+            h.update(str(tuple(t.shape)).encode())
+            flat = t.reshape(-1)
+            h.update(flat[:: max(1, flat.numel() // 65536)].numpy().tobytes())
+        for t in (self.train_labels, self.test_labels):
+            h.update(t.numpy().tobytes())
+        return h.hexdigest()[:16]
+
+
+@dataclass
+class Batch:
+    """One training or evaluation batch, already on the device.
+
+    ``x`` is normalised float input, ``y`` the labels, ``index`` the dataset indices of the
+    rows (CRD's memory needs them). ``extras`` carries what a dataset wrapper adds
+    (e.g. ``contrast_idx`` for CRD). A wrapper may also change the number of rows (CCD
+    doubles the batch with a second view): ``y`` always matches ``x`` row for row.
+    """
+
+    x: Tensor
+    y: Tensor
+    index: Tensor
+    extras: dict[str, Tensor] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return self.x.shape[0]
+
+
+def epoch_generator(seed: int, stage: int, epoch: int) -> torch.Generator:
+    """A CPU generator determined by (seed, stage, epoch) alone (exact resume)."""
+    g = torch.Generator()
+    g.manual_seed((seed * 1_000_003 + stage * 10_007 + epoch) % (2**63 - 1))
+    return g
+
+
+def random_crop_flip(x: Tensor, augment: Augment, gen: torch.Generator) -> Tensor:
+    """Random crop (zero padding ``augment.crop_padding``) and horizontal flip of a uint8
+    batch ``B×C×H×W``, as whole-batch tensor ops on ``x``'s device.
+
+    Random numbers come from the CPU generator ``gen`` so that CPU and CUDA runs see the
+    same crops; only the (tiny) offset vectors cross to the device.
+    """
+    b, c, h, w = x.shape
+    pad = augment.crop_padding
+    if pad > 0:
+        offsets = torch.randint(0, 2 * pad + 1, (2, b), generator=gen).to(x.device, non_blocking=True)
+        padded = torch.nn.functional.pad(x, (pad, pad, pad, pad))
+        dev = x.device
+        rows = offsets[0].view(b, 1, 1, 1) + torch.arange(h, device=dev).view(1, 1, h, 1)
+        cols = offsets[1].view(b, 1, 1, 1) + torch.arange(w, device=dev).view(1, 1, 1, w)
+        x = padded[torch.arange(b, device=dev).view(b, 1, 1, 1), torch.arange(c, device=dev).view(1, c, 1, 1), rows, cols]
+    if augment.hflip:
+        flip = (torch.rand(b, generator=gen) < 0.5).to(x.device, non_blocking=True)
+        x = torch.where(flip.view(b, 1, 1, 1), x.flip(3), x)
+    return x.contiguous()
+
+
+class Normalizer:
+    """uint8 → float, ``(x/255 - mean)/std`` per channel, as one fused multiply-add."""
+
+    def __init__(self, mean: tuple[float, ...], std: tuple[float, ...], device: torch.device):
+        std_t = torch.tensor(std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+        mean_t = torch.tensor(mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+        self.scale = 1.0 / (255.0 * std_t)
+        self.shift = -mean_t / std_t
+
+    def __call__(self, x: Tensor, memory_format: torch.memory_format = torch.contiguous_format) -> Tensor:
+        out = torch.addcmul(self.shift, x.float(), self.scale)
+        return out.contiguous(memory_format=memory_format)
+
+
+class TrainData:
+    """Training split on the device: shuffled, augmented, normalised batches.
+
+    Subclass or wrap (see :class:`TrainDataWrapper`) to add per-batch extras.
+    """
+
+    def __init__(self, data: ImageData, batch_size: int, device: torch.device, seed: int,
+                 memory_format: torch.memory_format = torch.contiguous_format):
+        self.data = data
+        self.batch_size = batch_size
+        self.device = device
+        self.seed = seed
+        self.memory_format = memory_format
+        self.images = data.train_images.to(device)
+        self.labels = data.train_labels.to(device)
+        self.labels_cpu = data.train_labels
+        self.augment = data.augment
+        self.normalize = Normalizer(data.mean, data.std, device)
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    @property
+    def num_classes(self) -> int:
+        return self.data.num_classes
+
+    def steps_per_epoch(self) -> int:
+        n, b = len(self), self.batch_size
+        full, tail = divmod(n, b)
+        return full + (1 if tail >= 2 else 0)  # a 1-sample tail would break BatchNorm
+
+    def epoch_indices(self, gen: torch.Generator) -> list[Tensor]:
+        perm = torch.randperm(len(self), generator=gen)
+        return [perm[i:i + self.batch_size] for i in range(0, self.steps_per_epoch() * self.batch_size, self.batch_size)]
+
+    def augmented_uint8(self, idx_cpu: Tensor, gen: torch.Generator) -> Tensor:
+        """The standard-augmented uint8 batch for these indices (before normalisation)."""
+        return random_crop_flip(self.images[idx_cpu.to(self.device)], self.augment, gen)
+
+    def make_batch(self, idx_cpu: Tensor, gen: torch.Generator) -> Batch:
+        x = self.normalize(self.augmented_uint8(idx_cpu, gen), self.memory_format)
+        idx = idx_cpu.to(self.device, non_blocking=True)
+        return Batch(x=x, y=self.labels[idx], index=idx)
+
+    def epoch(self, gen: torch.Generator) -> Iterator[Batch]:
+        for idx in self.epoch_indices(gen):
+            yield self.make_batch(idx, gen)
+
+
+class TrainDataWrapper(TrainData):
+    """Base for method-side wrappers: shares the wrapped data's tensors, overrides
+    :meth:`make_batch`. Call ``super().make_batch`` for the standard batch."""
+
+    def __init__(self, inner: TrainData):  # noqa: D107 - shares state, no copy
+        self.__dict__.update(inner.__dict__)
+        self.inner = inner
+
+
+class EvalData:
+    """A test split on the device, normalised once, iterated in fixed order."""
+
+    def __init__(self, images: Tensor, labels: Tensor, mean, std, device: torch.device, batch_size: int = 256,
+                 memory_format: torch.memory_format = torch.contiguous_format):
+        self.images = images.to(device)
+        self.labels = labels.to(device)
+        self.normalize = Normalizer(mean, std, device)
+        self.batch_size = batch_size
+        self.memory_format = memory_format
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def __iter__(self) -> Iterator[Batch]:
+        for i in range(0, len(self), self.batch_size):
+            x = self.normalize(self.images[i:i + self.batch_size], self.memory_format)
+            idx = torch.arange(i, i + x.shape[0], device=x.device)
+            yield Batch(x=x, y=self.labels[i:i + self.batch_size], index=idx)
+
+
+def replace(data: ImageData, **changes) -> ImageData:
+    return dataclasses.replace(data, **changes)
+
+
+class DatasetSource:
+    """A registered dataset: its on-disk layout, how to load it and how to obtain it.
+
+    Subclasses set the class attributes and implement :meth:`load`. Register with
+    ``@register_dataset("name")`` on the class; the registry returns the class and
+    :func:`kdbench.datasets.get_dataset` instantiates it.
+    """
+
+    name: str = ""
+    num_classes: int = 0
+    image_size: int = 32
+    mean: tuple[float, ...] = (0.5, 0.5, 0.5)
+    std: tuple[float, ...] = (0.25, 0.25, 0.25)
+    augment: Augment = Augment()
+    #: the recipe used for teachers and students unless the grid overrides it
+    recipe: Recipe = Recipe()
+    #: expected on-disk layout below the data root, shown in errors
+    layout: str = ""
+    #: how to obtain the data, shown in errors
+    obtain: str = ""
+    can_download: bool = False
+
+    def load(self, root: Path, download: bool = False) -> ImageData:
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        return f"{self.num_classes} classes, {self.image_size}×{self.image_size}"
+
+    def missing(self, looked_at: Path, detail: str = "") -> DatasetError:
+        """The standard 'not found' error: where we looked, the layout, how to get it."""
+        lines = [f"dataset {self.name!r} not found: looked at {looked_at}" + (f" ({detail})" if detail else ""),
+                 f"expected layout under the data root (--data-root or $KDBENCH_DATA, default {DEFAULT_DATA_ROOT}):",
+                 *("    " + line for line in self.layout.strip().splitlines())]
+        if self.obtain:
+            lines.append("how to obtain it: " + self.obtain)
+        if self.can_download:
+            lines.append("or re-run with --download to let torchvision fetch it.")
+        return DatasetError("\n".join(lines))
+
+    def malformed(self, path: Path, problem: str) -> DatasetError:
+        return DatasetError(f"dataset {self.name!r} at {path} is malformed: {problem}\nexpected layout:\n"
+                            + "\n".join("    " + line for line in self.layout.strip().splitlines()))
+
+    def make(self, train_images: Tensor, train_labels: Tensor, test_images: Tensor, test_labels: Tensor,
+             classes: list[str]) -> ImageData:
+        return ImageData(self.name, train_images, train_labels, test_images, test_labels, list(classes),
+                         tuple(self.mean), tuple(self.std), self.augment)
