@@ -191,8 +191,9 @@ class Method(nn.Module):
         return []
 
     def main_modules(self) -> list[nn.Module]:
-        """Method submodules trained in the main stage (default: all of them)."""
-        return list(self.children())
+        """Modules trained in the main stage (default: the whole method, i.e. every
+        parameter it owns). Return a subset to freeze the rest (e.g. FT's paraphraser)."""
+        return [self]
 
     def wrap_train_dataset(self, data: TrainData) -> TrainData:
         """Return a wrapper adding what the method needs per batch (default: unchanged)."""

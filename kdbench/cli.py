@@ -1,0 +1,267 @@
+"""The command line: ``kdbench run | list | status | report`` (thin: all logic lives in
+grids, runs, runners and reports)."""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from kdbench.data import DatasetError
+from kdbench.grid import PAIR_PRESETS, Grid, GridError, build_grid, load_grid_file, with_overrides
+from kdbench.registry import DATASETS, METHODS, MODELS, RUNNERS, UnknownNameError, import_user_modules
+
+log = logging.getLogger("kdbench")
+
+DEFAULT_OUT = "kdbench-out"
+
+
+def _grid_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("grid (flags override the grid file)")
+    g.add_argument("--grid", metavar="FILE", help="YAML grid file (dataset, pairs, methods, seeds, recipe, overrides…)")
+    g.add_argument("--dataset", help="dataset name (default: digits); see `kdbench list datasets`")
+    g.add_argument("--methods", help="'all' (default) or a comma-separated list; vanilla and kd are always added")
+    g.add_argument("--pairs", help="a preset (see `kdbench list pairs`) or 'teacher->student,…'")
+    g.add_argument("--seeds", help="number of seeds (default 2) or a comma-separated list")
+    g.add_argument("--epochs", type=int, help="main-stage epochs (default: the dataset's recipe)")
+    g.add_argument("--batch-size", type=int, help="batch size (default: the dataset's recipe)")
+    g.add_argument("--lr", type=float, help="learning rate (default: the dataset's recipe)")
+    g.add_argument("--teacher-seed", type=int, help="seed of the teachers' training (default 0)")
+    g.add_argument("--set", dest="assignments", action="append", default=[], metavar="METHOD.OPTION=VALUE",
+                   help="override a method option, e.g. --set kd.temperature=2 (repeatable)")
+    g.add_argument("--teacher-ckpt", action="append", default=[], metavar="ARCH=PATH",
+                   help="use this checkpoint for teacher ARCH instead of training it (repeatable)")
+    g.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
+                   help="import a module that registers methods/models/datasets (repeatable)")
+    g.add_argument("--out", default=os.environ.get("KDBENCH_OUT", DEFAULT_OUT),
+                   help=f"results folder (default: $KDBENCH_OUT or ./{DEFAULT_OUT})")
+
+
+def _env_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("execution (does not change results or run keys, except --amp)")
+    g.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:1, …")
+    g.add_argument("--amp", action="store_true", help="bf16 autocast (part of the run key)")
+    g.add_argument("--channels-last", action="store_true", help="channels_last memory format")
+    g.add_argument("--data-root", help="data root (default: $KDBENCH_DATA or ~/.cache/kdbench/data)")
+    g.add_argument("--download", action="store_true", help="let torchvision download the dataset if it can")
+    g.add_argument("--runner", help="inline (default); see `kdbench list runners`")
+    g.add_argument("--retry-failed", action="store_true", help="run failed runs again (done runs are never redone)")
+    g.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kdbench", description="Benchmark knowledge-distillation methods.")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv: per-epoch lines)")
+    parser.add_argument("-q", "--quiet", action="store_true", help="warnings and results only")
+    sub = parser.add_subparsers(dest="command")
+
+    run = sub.add_parser("run", help="train the grid (resumes; never redoes a finished run) and print the leaderboard")
+    _grid_args(run)
+    _env_args(run)
+    run.add_argument("--dry-run", action="store_true", help="list the runs and their state, train nothing")
+    run.add_argument("--metric", default="last", choices=["last", "best"], help="leaderboard accuracy (default last)")
+
+    lst = sub.add_parser("list", help="list methods, models, datasets, pairs or runners")
+    lst.add_argument("what", choices=["methods", "models", "datasets", "pairs", "runners"])
+    lst.add_argument("pattern", nargs="?", default="*", help="fnmatch pattern, e.g. 'resnet*'")
+    lst.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE")
+
+    status = sub.add_parser("status", help="done / pending / running / failed / skipped per run of a grid")
+    _grid_args(status)
+
+    report = sub.add_parser("report", help="leaderboards from a results folder")
+    report.add_argument("--out", default=os.environ.get("KDBENCH_OUT", DEFAULT_OUT), help="results folder")
+    report.add_argument("--dataset", help="dataset to report (required if the folder holds several)")
+    report.add_argument("--metric", default="last", choices=["last", "best", "top5", "time"])
+    report.add_argument("--format", default="terminal", choices=["terminal", "md", "csv"])
+    report.add_argument("--output", metavar="FILE", help="write to FILE instead of standard output")
+    return parser
+
+
+def setup_logging(verbose: int, quiet: bool) -> None:
+    level = logging.WARNING if quiet else (logging.DEBUG if verbose >= 2 else logging.INFO)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname).1s %(message)s", "%H:%M:%S"))
+    root = logging.getLogger("kdbench")
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    root.propagate = False
+
+
+def grid_from_args(args: argparse.Namespace) -> Grid:
+    import_user_modules(args.imports)
+    file_values = load_grid_file(args.grid) if args.grid else {}
+    if args.imports:
+        file_values["imports"] = list(file_values.get("imports") or []) + args.imports
+    teachers = dict(file_values.get("teachers") or {})
+    for item in args.teacher_ckpt:
+        arch, eq, path = item.partition("=")
+        if not eq:
+            raise GridError(f"--teacher-ckpt {item!r}: write ARCH=PATH, e.g. resnet32x4=ckpts/resnet32x4.pth")
+        teachers[arch] = path
+    if teachers:
+        file_values["teachers"] = teachers
+    recipe = dict(file_values.get("recipe") or {})
+    for name in ("batch_size", "lr"):
+        if getattr(args, name, None) is not None:
+            recipe[name] = getattr(args, name)
+    if getattr(args, "amp", False):
+        recipe["amp"] = True
+    if recipe:
+        file_values["recipe"] = recipe
+    grid = build_grid(file_values, dataset=args.dataset, methods=args.methods, pairs=args.pairs, seeds=args.seeds,
+                      epochs=args.epochs, teacher_seed=args.teacher_seed)
+    return with_overrides(grid, args.assignments) if args.assignments else grid
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from kdbench.run import Session
+    from kdbench.store import Store
+    from kdbench.train import Env
+
+    grid = grid_from_args(args)
+    specs = grid.expand()
+    store = Store(args.out)
+    if args.dry_run:
+        return _print_status(specs, store)
+    env = Env(device=args.device, channels_last=args.channels_last, data_root=args.data_root,
+              download=args.download, progress=False if args.no_progress else None)
+    env.torch_device  # fail fast on --device cuda without CUDA
+    runner_opts = dict(grid.runner)
+    runner_name = args.runner or runner_opts.pop("name", "inline")
+    runner_opts.pop("name", None)
+    runner = RUNNERS.get(runner_name)(retry_failed=args.retry_failed, **runner_opts)
+    session = Session(store=store, env=env, imports=tuple(grid.imports))
+    session.dataset(grid.dataset)  # a missing or malformed dataset is an error before anything runs
+    n_teachers = len({s.teacher for s in specs if s.teacher})
+    log.info("grid: %s, %d pair(s), %d method(s), %d seed(s) -> %d runs (+ %d teacher(s)) into %s",
+             grid.dataset, len(grid.pairs), len(grid.method_names()), len(grid.seeds), len(specs), n_teachers,
+             store.root)
+    rows = runner.submit(specs, session)
+    _print_leaderboard(store, grid, args.metric)
+    failed = [r for r in rows if r.get("status") == "failed"]
+    return 1 if failed else 0
+
+
+def _print_leaderboard(store: Any, grid: Grid, metric: str) -> None:
+    from kdbench.reports.leaderboard import build_leaderboard, rows_frame
+    from kdbench.reports.render import render_terminal
+
+    df = rows_frame(store.iter_results())
+    if df.empty:
+        return
+    color = sys.stdout.isatty()
+    for m in (metric, "time"):
+        table = build_leaderboard(df, grid.dataset, m, pairs=grid.pairs, methods=grid.method_names(),
+                                  expected_seeds=len(grid.seeds))
+        sys.stdout.write(render_terminal(table, color=color) + "\n")
+
+
+def _print_status(specs: list, store: Any) -> int:
+    from tabulate import tabulate
+
+    from kdbench.run import resolve, run_dir_of
+
+    lines, counts = [], {}
+    for spec in specs:
+        resolved = resolve(spec)
+        run_dir = run_dir_of(store, resolved)
+        state = store.state(run_dir)
+        counts[state] = counts.get(state, 0) + 1
+        row = store.result(run_dir) or {}
+        detail = row.get("reason") or row.get("error") or (f"{row['top1_last']:.2f}" if "top1_last" in row else "")
+        lines.append([spec.method, spec.pair, spec.seed, state, resolved.key, str(detail)[:80]])
+    sys.stdout.write(tabulate(lines, headers=["method", "pair", "seed", "state", "key", "top1 / reason"]) + "\n")
+    sys.stdout.write(", ".join(f"{v} {k}" for k, v in sorted(counts.items())) + f" of {len(specs)} runs\n")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from kdbench.store import Store
+
+    return _print_status(grid_from_args(args).expand(), Store(args.out))
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from tabulate import tabulate
+
+    import_user_modules(args.imports)
+    if args.what == "methods":
+        rows = []
+        for name in METHODS.list(args.pattern):
+            cls = METHODS.get(name)
+            doc = (cls.__doc__ or "").strip().splitlines()
+            cfg = cls.Config()
+            opts = ", ".join(f"{k}={v}" for k, v in vars(cfg).items())
+            rows.append([name, cls.version, doc[0] if doc else "", opts])
+        out = tabulate(rows, headers=["method", "ver", "description", "defaults"])
+        failed = METHODS.failed_plugins
+        if failed:
+            out += "\n" + "\n".join(f"plugin {k!r} failed to load: {v}" for k, v in failed.items())
+    elif args.what == "models":
+        rows = [[n, MODELS.meta(n).get("family", ""), "yes" if MODELS.meta(n).get("lightweight") else ""]
+                for n in MODELS.list(args.pattern)]
+        out = tabulate(rows, headers=["model", "family", "lightweight lr"]) + \
+            "\nalso: timm:<name> (any timm model) and tv:<name> (any torchvision classification model)"
+    elif args.what == "datasets":
+        from kdbench.datasets import get_dataset
+
+        rows = []
+        for n in DATASETS.list(args.pattern):
+            ds = get_dataset(n)
+            rows.append([n, ds.describe(), "yes" if ds.can_download else "", ds.layout.strip().splitlines()[0]])
+        out = tabulate(rows, headers=["dataset", "shape", "--download", "layout"]) + \
+            "\nalso: imagefolder:<path> (class sub-folders)"
+    elif args.what == "pairs":
+        rows = [[name, len(p), ", ".join(f"{t}->{s}" for t, s in p)] for name, p in PAIR_PRESETS.items()]
+        out = tabulate(rows, headers=["preset", "pairs", "teacher->student"], maxcolwidths=[None, None, 100])
+    else:
+        out = "\n".join(RUNNERS.list(args.pattern))
+    sys.stdout.write(out + "\n")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from kdbench.reports.leaderboard import build_leaderboard, rows_frame
+    from kdbench.reports.render import RENDERERS, render_terminal
+    from kdbench.store import Store
+
+    store = Store(args.out)
+    df = rows_frame(store.iter_results())
+    if df.empty:
+        raise GridError(f"no results under {store.root / 'runs'}; run `kdbench run --out {args.out}` first")
+    table = build_leaderboard(df, args.dataset, args.metric)
+    if args.format == "terminal":
+        text = render_terminal(table, color=sys.stdout.isatty() and not args.output)
+    else:
+        text = RENDERERS[args.format](table)
+    if args.output:
+        Path(args.output).write_text(text)
+        log.info("wrote %s", args.output)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+COMMANDS = {"run": cmd_run, "list": cmd_list, "status": cmd_status, "report": cmd_report}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = make_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0].startswith("-") and argv[0] not in ("-h", "--help", "-v", "-vv", "-q", "--verbose", "--quiet"):
+        argv = ["run", *argv]
+    args = parser.parse_args(argv)
+    if args.command is None:
+        args = parser.parse_args([*argv, "run"])
+    setup_logging(args.verbose, args.quiet)
+    try:
+        return COMMANDS[args.command](args)
+    except (GridError, UnknownNameError, DatasetError, ValueError, ImportError, FileNotFoundError) as exc:
+        log.error("%s", exc)
+        return 2
+    except KeyboardInterrupt:
+        log.warning("interrupted: finished runs are kept; re-run the same command to resume")
+        return 130

@@ -1,0 +1,24 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+TESTS = Path(__file__).resolve().parent
+
+
+def kdbench_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: float = 600,
+                check: bool = False) -> subprocess.CompletedProcess:
+    """Run ``python -m kdbench`` in a subprocess (isolated registries, real process)."""
+    full_env = {**os.environ, "PYTHONPATH": str(TESTS / "toy_plugins"), **(env or {})}
+    proc = subprocess.run([sys.executable, "-m", "kdbench", *args],
+                          cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"kdbench {' '.join(args)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+@pytest.fixture
+def cli():
+    return kdbench_cli

@@ -1,0 +1,69 @@
+"""Build a method on a pair of real models, as the engine does, for unit tests."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from kdbench.data import Augment, Batch, ImageData, TrainData, epoch_generator
+from kdbench.method import Method, MethodContext, StepInfo, resolve_config
+from kdbench.models import create_model
+from kdbench.registry import METHODS
+from kdbench.taps import TapInfo, measure
+from kdbench.train import stage_plan
+
+
+@dataclass
+class Setup:
+    method: Method
+    student: nn.Module
+    teacher: nn.Module | None
+    data: TrainData
+    s_info: TapInfo
+    t_info: TapInfo | None
+    skip_reason: str | None
+
+    def batch(self, epoch: int = 1) -> Batch:
+        gen = epoch_generator(0, 0, epoch)
+        return self.data.make_batch(self.data.epoch_indices(gen)[0], gen)
+
+    def stages(self, epochs: int = 4):
+        return stage_plan(self.method, epochs)
+
+    def step_info(self, stage, epoch: int = 1) -> StepInfo:
+        return StepInfo(stage=stage.name, epoch=epoch, epochs=stage.epochs, step=0,
+                        steps_per_epoch=self.data.steps_per_epoch())
+
+
+def random_image_data(n_train: int = 40, n_test: int = 10, num_classes: int = 4, size: int = 32) -> ImageData:
+    g = torch.Generator().manual_seed(0)
+    return ImageData("random", torch.randint(0, 256, (n_train, 3, size, size), dtype=torch.uint8, generator=g),
+                     torch.arange(n_train) % num_classes,
+                     torch.randint(0, 256, (n_test, 3, size, size), dtype=torch.uint8, generator=g),
+                     torch.arange(n_test) % num_classes, [str(i) for i in range(num_classes)],
+                     (0.5,) * 3, (0.25,) * 3, Augment(4, True))
+
+
+def build(method: str, teacher: str = "resnet20", student: str = "resnet8", overrides: dict | None = None,
+          batch_size: int = 8, data: ImageData | None = None, epochs: int = 4) -> Setup:
+    torch.manual_seed(0)
+    data = data or random_image_data()
+    cls = METHODS.get(method)
+    cfg = resolve_config(cls, overrides or {})
+    td = TrainData(data, batch_size, torch.device("cpu"), seed=0)
+    ctx = MethodContext(num_classes=data.num_classes, num_train_samples=len(td), device=torch.device("cpu"),
+                        epochs=epochs, steps_per_epoch=td.steps_per_epoch(), teacher_arch=teacher if cls.needs.teacher else None,
+                        student_arch=student, dataset="random", input_size=data.input_size, train_labels=data.train_labels)
+    c, h, _ = data.input_size
+    s_model = cls.make_student(cfg, ctx) or create_model(student, data.num_classes, c, h)
+    t_model = create_model(teacher, data.num_classes, c, h) if cls.needs.teacher else None
+    s_info = measure(s_model, data.input_size)
+    t_info = measure(t_model, data.input_size) if t_model is not None else None
+    reason = cls.check(cfg, t_info, s_info)
+    m = cls(cfg, t_info, s_info, ctx) if reason is None else None
+    if t_model is not None:
+        t_model.eval().requires_grad_(False)
+    if m is not None:
+        td = m.wrap_train_dataset(td)
+    return Setup(m, s_model, t_model, td, s_info, t_info, reason)
