@@ -1,4 +1,11 @@
-"""Built-in datasets. Each module registers one or more :class:`kdbench.data.DatasetSource`."""
+"""Built-in datasets. Each module registers one or more :class:`kdbench.data.DatasetSource`.
+
+``digits`` (bundled with scikit-learn), ``cifar10`` / ``cifar100`` (torchvision's pickles),
+``stl10`` (binary), ``tiny_imagenet`` and ``mini_imagenet`` (folders / CSV / pickle caches)
+and ``imagefolder:<path>`` (your own class sub-folders; a prefix resolver). Each module's
+docstring documents its on-disk format, source, split and choices. JPEG sets are decoded
+once and cached under ``$KDBENCH_CACHE/decoded`` (default ``~/.cache/kdbench/decoded``).
+"""
 from __future__ import annotations
 
 from pathlib import Path

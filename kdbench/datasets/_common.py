@@ -1,0 +1,51 @@
+"""Small checks shared by the dataset loaders."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from kdbench.data import DatasetSource
+
+
+def expect_count(source: DatasetSource, path: Path, what: str, found: int, expected: int) -> None:
+    """Raise a malformed-dataset error unless ``found == expected``."""
+    if found != expected:
+        raise source.malformed(path, f"expected {expected} {what}, found {found}")
+
+
+def check_labels(source: DatasetSource, path: Path, labels: np.ndarray, num_classes: int, base: int = 0) -> Tensor:
+    """``labels`` (``base``-based) as int64 ``0..num_classes-1``, or an error naming the bad values."""
+    labels = np.asarray(labels)
+    if labels.ndim != 1:
+        raise source.malformed(path, f"labels must be a flat list, got shape {labels.shape}")
+    if labels.size and not np.issubdtype(labels.dtype, np.integer):
+        raise source.malformed(path, f"labels must be integers, got dtype {labels.dtype}")
+    out = labels.astype(np.int64) - base
+    bad = (out < 0) | (out >= num_classes)
+    if bad.any():
+        values = sorted({int(v) + base for v in out[bad][:20]})
+        raise source.malformed(path, f"{int(bad.sum())} label(s) outside [{base}, {num_classes - 1 + base}], "
+                                     f"e.g. {values[:5]}")
+    return torch.from_numpy(out)
+
+
+def per_class_split(num_per_class: list[int], test_counts: list[int], seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Stratified split of a class-major pool.
+
+    Class ``c`` owns the rows ``offset_c .. offset_c + num_per_class[c] - 1`` of the pool;
+    ``test_counts[c]`` of them, drawn with ``np.random.default_rng(seed)`` (one permutation
+    per class, classes in order), go to the test split. Returns the sorted train and test
+    row indices.
+    """
+    rng = np.random.default_rng(seed)
+    train, test, offset = [], [], 0
+    for n, k in zip(num_per_class, test_counts):
+        perm = rng.permutation(n)
+        test.append(np.sort(perm[:k]) + offset)
+        train.append(np.sort(perm[k:]) + offset)
+        offset += n
+    cat = lambda parts: np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, dtype=np.int64)  # noqa: E731
+    return cat(train), cat(test)
