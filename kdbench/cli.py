@@ -63,8 +63,9 @@ def make_parser() -> argparse.ArgumentParser:
     run.add_argument("--dry-run", action="store_true", help="list the runs and their state, train nothing")
     run.add_argument("--metric", default="last", choices=["last", "best"], help="leaderboard accuracy (default last)")
 
-    lst = sub.add_parser("list", help="list methods, models, datasets, pairs or runners")
-    lst.add_argument("what", choices=["methods", "models", "datasets", "pairs", "runners"])
+    lst = sub.add_parser("list", help="list methods, models, datasets, pairs, runners or trained teachers")
+    lst.add_argument("what", choices=["methods", "models", "datasets", "pairs", "runners", "teachers"])
+    lst.add_argument("--out", default=os.environ.get("KDBENCH_OUT", DEFAULT_OUT), help="results folder (teachers)")
     lst.add_argument("pattern", nargs="?", default="*", help="fnmatch pattern, e.g. 'resnet*'")
     lst.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE")
 
@@ -217,6 +218,13 @@ def cmd_list(args: argparse.Namespace) -> int:
     elif args.what == "pairs":
         rows = [[name, len(p), ", ".join(f"{t}->{s}" for t, s in p)] for name, p in PAIR_PRESETS.items()]
         out = tabulate(rows, headers=["preset", "pairs", "teacher->student"], maxcolwidths=[None, None, 100])
+    elif args.what == "teachers":
+        from kdbench.store import Store
+        from kdbench.teachers.cache import catalogue
+
+        rows = catalogue(list(Store(args.out).iter_results()))
+        out = tabulate([[r["dataset"], r["arch"], r["seed"], r["epochs"], f"{r['top1']:.2f}", r["key"], r["model"]]
+                        for r in rows], headers=["dataset", "teacher", "seed", "epochs", "top1", "key", "weights"])
     else:
         out = "\n".join(RUNNERS.list(args.pattern))
     sys.stdout.write(out + "\n")

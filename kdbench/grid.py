@@ -132,9 +132,11 @@ class Grid:
         if not self.pairs:
             raise GridError("the grid has no teacher->student pairs")
         for teacher, student in self.pairs:
-            for role, name in (("teacher", teacher), ("student", student)):
-                if name not in MODELS:
-                    raise GridError(f"pair {teacher}->{student}: {MODELS.unknown_message(name)}")
+            for name in (teacher, student):
+                try:
+                    MODELS.get(name)  # resolves timm:/tv: names too, with suggestions
+                except UnknownNameError as exc:
+                    raise GridError(f"pair {teacher}->{student}: {exc}") from None
         for name in self.method_names():
             if name not in METHODS:
                 raise GridError(METHODS.unknown_message(name))
@@ -254,6 +256,9 @@ def build_grid(file_values: dict[str, Any] | None = None, **flags: Any) -> Grid:
     values = dict(file_values or {})
     values.update({k: v for k, v in flags.items() if v is not None})
     dataset = str(values.get("dataset", "digits"))
+    prefix, sep, path = dataset.partition(":")
+    if sep and prefix == "imagefolder":  # a relative path must mean the same folder in every job
+        dataset = f"imagefolder:{Path(path).expanduser().resolve()}"
     grid = Grid(
         dataset=dataset,
         pairs=parse_pairs(values.get("pairs"), dataset),

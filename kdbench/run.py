@@ -30,6 +30,7 @@ from kdbench.registry import METHODS, import_user_modules
 from kdbench.spec import ResolvedSpec, RunSpec, file_sha256
 from kdbench.store import CKPT, MODEL, SPEC, LockHeld, RunLock, Store, atomic_torch_save, atomic_write_json
 from kdbench.taps import measure
+from kdbench.teachers.cache import TeacherUnavailable
 from kdbench.train import Env, NonFiniteLoss, Trainer, derived_seed, seed_everything
 
 log = logging.getLogger(__name__)
@@ -37,10 +38,6 @@ log = logging.getLogger(__name__)
 
 class Skipped(Exception):
     """The method declined the pair (``Method.check``); the message is the reason."""
-
-
-class TeacherUnavailable(RuntimeError):
-    """The teacher could not be trained or loaded."""
 
 
 def method_class(name: str) -> type[Method]:
@@ -106,10 +103,13 @@ class Session:
     env: Env = field(default_factory=Env)
     imports: tuple[str, ...] = ()
     _datasets: dict[str, ImageData] = field(default_factory=dict)
-    _teachers: dict[str, tuple[nn.Module, dict[str, Any]]] = field(default_factory=dict)
+    _teachers: Any = None
 
     def __post_init__(self) -> None:
+        from kdbench.teachers.cache import TeacherCache
+
         import_user_modules(list(self.imports))
+        self._teachers = TeacherCache(self)
 
     def dataset(self, name: str) -> ImageData:
         if name not in self._datasets:
@@ -120,60 +120,10 @@ class Session:
                      time.perf_counter() - t0)
         return self._datasets[name]
 
-    # -- teachers -----------------------------------------------------------------------
     def teacher(self, spec: RunSpec, resolved: ResolvedSpec) -> tuple[nn.Module, dict[str, Any]]:
-        """The frozen teacher of ``spec`` on the device, and its result row."""
-        key = resolved.teacher_key
-        assert key is not None and spec.teacher is not None
-        if key not in self._teachers:
-            data = self.dataset(spec.dataset)
-            model = create_model(spec.teacher, data.num_classes, data.input_size[0], data.input_size[1])
-            if spec.teacher_ckpt:
-                model.load_state_dict(load_state_dict_file(spec.teacher_ckpt))
-                row = {"status": "done", "source": str(spec.teacher_ckpt)}
-            else:
-                row = self._trained_teacher(spec.teacher_spec())
-                model.load_state_dict(torch.load(Path(row["run_dir"]) / MODEL, map_location="cpu",
-                                                 weights_only=True)["state_dict"])
-            model.to(self.env.torch_device, memory_format=self.env.memory_format).eval().requires_grad_(False)
-            if spec.teacher_ckpt:
-                row["top1_last"] = row["top1_best"] = evaluate_plain(model, data, self.env)
-            self._teachers[key] = (model, row)
-        return self._teachers[key]
-
-    def _trained_teacher(self, tspec: RunSpec) -> dict[str, Any]:
-        while True:
-            row = execute(tspec, self)
-            if row["status"] == "done":
-                return row
-            if row["status"] != "running":
-                raise TeacherUnavailable(f"teacher {tspec.student} ({tspec.dataset}, seed {tspec.seed}) "
-                                         f"{row['status']}: {row.get('error') or row.get('reason')}")
-            log.info("teacher %s is being trained by another process; waiting", tspec.student)
-            time.sleep(10)
-
-
-def load_state_dict_file(path: str) -> dict[str, torch.Tensor]:
-    """A user-supplied checkpoint: a state dict, or a dict holding one under ``state_dict``,
-    ``model`` or ``net`` (RepDistiller saves ``{'model': ...}``)."""
-    obj = torch.load(Path(path).expanduser(), map_location="cpu", weights_only=False)
-    if isinstance(obj, dict):
-        for k in ("state_dict", "model", "net"):
-            if k in obj and isinstance(obj[k], dict):
-                return obj[k]
-        if all(isinstance(v, torch.Tensor) for v in obj.values()):
-            return obj
-    raise ValueError(f"teacher checkpoint {path}: expected a state dict (or a dict with 'state_dict'/'model'), "
-                     f"got {type(obj).__name__}")
-
-
-@torch.no_grad()
-def evaluate_plain(model: nn.Module, data: ImageData, env: Env) -> float:
-    model.eval()
-    ev = EvalData(data.test_images, data.test_labels, data.mean, data.std, env.torch_device, env.eval_batch_size,
-                  env.memory_format)
-    correct = sum(int(model(b.x).argmax(1).eq(b.y).sum()) for b in ev)
-    return 100.0 * correct / len(ev)
+        """The frozen teacher of ``spec`` on the device, and its result row (see
+        :class:`kdbench.teachers.cache.TeacherCache`)."""
+        return self._teachers.get(spec, resolved)
 
 
 # -- executing one run --------------------------------------------------------------------

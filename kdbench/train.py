@@ -229,13 +229,13 @@ class Trainer:
                 stage = self.stage_list[si]
                 if stage.epochs == 0:
                     continue
-                optimizer = self._begin_stage(stage)
+                optimizer = self.begin_stage(stage)
                 first = start_epoch if si == start_stage else 1
                 if state and si == state["stage_idx"] and first > 1:
                     optimizer.load_state_dict(state["optimizer"])
                 for epoch in range(first, stage.epochs + 1):
                     t0 = time.perf_counter()
-                    record = self._train_epoch(si, stage, epoch, optimizer, progress)
+                    record = self.train_epoch(si, stage, epoch, optimizer, progress)
                     train_time += time.perf_counter() - t0
                     if stage.name == "main":
                         record.update(self.evaluate())
@@ -264,7 +264,7 @@ class Trainer:
         return {"test_top1": 100.0 * correct1.item() / n, "test_top5": 100.0 * correct5.item() / n}
 
     # -- stages -------------------------------------------------------------------------
-    def _begin_stage(self, stage: Stage) -> torch.optim.Optimizer:
+    def begin_stage(self, stage: Stage) -> torch.optim.Optimizer:
         """Set requires_grad for ``stage`` and build its optimizer."""
         params = configure_stage(self.student, self.method, stage)
         lr = self.lr if stage.lr is None else stage.lr
@@ -284,7 +284,7 @@ class Trainer:
         decays = sum(epoch > m for m in self.recipe.milestone_epochs())
         return self.lr * (self.recipe.lr_decay ** decays)
 
-    def _train_epoch(self, si: int, stage: Stage, epoch: int, optimizer: torch.optim.Optimizer,
+    def train_epoch(self, si: int, stage: Stage, epoch: int, optimizer: torch.optim.Optimizer,
                      progress: Progress) -> dict[str, Any]:
         seed_everything(derived_seed(self.seed, si, epoch))
         gen = epoch_generator(self.seed, si, epoch)

@@ -22,3 +22,17 @@ def kdbench_cli(*args: str, cwd: Path | None = None, env: dict | None = None, ti
 @pytest.fixture
 def cli():
     return kdbench_cli
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _isolated_caches(tmp_path_factory):
+    """Decoded-image caches and data roots of tests never touch the user's home."""
+    saved = {k: os.environ.get(k) for k in ("KDBENCH_CACHE", "KDBENCH_DATA")}
+    os.environ["KDBENCH_CACHE"] = str(tmp_path_factory.mktemp("kdbench-cache"))
+    os.environ["KDBENCH_DATA"] = str(tmp_path_factory.mktemp("kdbench-data"))
+    yield
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v

@@ -77,3 +77,8 @@ def test_report_formats(capsys, finished, tmp_path):
     assert code == 0 and target.read_text().startswith("row,pair,mean,std")
     code, _, err = run_main(capsys, "report", "--out", str(tmp_path / "nothing"))
     assert code == 2 and "no results under" in err
+
+
+def test_list_teachers_shows_the_trained_teacher(capsys, finished):
+    code, out, _ = run_main(capsys, "list", "teachers", "--out", str(finished))
+    assert code == 0 and "digits" in out and "resnet8" in out and "model.pt" in out

@@ -1,0 +1,115 @@
+"""The teacher cache: frozen teacher models for student runs, trained on demand.
+
+A teacher is the ``vanilla`` run of the teacher architecture with the grid's
+``teacher_seed`` and the dataset's recipe (``RunSpec.teacher_spec``), so it is trained once
+per (dataset, architecture, recipe, seed), stored like every other run and reused by every
+student of the grid; its run key is part of each student's key. A user-supplied checkpoint
+replaces training: its SHA-256 becomes the teacher key, and its accuracy is measured once.
+Loaded teachers are kept per process (the inline runner trains many students in a row).
+"""
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from kdbench.data import EvalData, ImageData
+from kdbench.models import create_model
+from kdbench.spec import ResolvedSpec, RunSpec
+from kdbench.store import MODEL
+
+if TYPE_CHECKING:
+    from kdbench.run import Session
+    from kdbench.train import Env
+
+log = logging.getLogger(__name__)
+
+
+class TeacherUnavailable(RuntimeError):
+    """The teacher could not be trained or loaded."""
+
+
+class TeacherCache:
+    """Frozen teachers on the session's device, by teacher key."""
+
+    def __init__(self, session: "Session", wait_seconds: float = 10.0):
+        self.session = session
+        self.wait_seconds = wait_seconds
+        self._models: dict[str, tuple[nn.Module, dict[str, Any]]] = {}
+
+    def get(self, spec: RunSpec, resolved: ResolvedSpec) -> tuple[nn.Module, dict[str, Any]]:
+        """The frozen teacher of ``spec`` and its row (``top1_last`` is its test accuracy)."""
+        key = resolved.teacher_key
+        if key is None or spec.teacher is None:
+            raise ValueError(f"run {spec.method} {spec.pair} has no teacher")
+        if key not in self._models:
+            env = self.session.env
+            data = self.session.dataset(spec.dataset)
+            model = create_model(spec.teacher, data.num_classes, data.input_size[0], data.input_size[1])
+            if spec.teacher_ckpt:
+                model.load_state_dict(load_state_dict_file(spec.teacher_ckpt))
+                row: dict[str, Any] = {"status": "done", "source": str(spec.teacher_ckpt)}
+            else:
+                row = self._trained(spec.teacher_spec())
+                saved = torch.load(Path(row["run_dir"]) / MODEL, map_location="cpu", weights_only=True)
+                model.load_state_dict(saved["state_dict"])
+            model.to(env.torch_device, memory_format=env.memory_format).eval().requires_grad_(False)
+            if spec.teacher_ckpt:
+                row["top1_last"] = row["top1_best"] = evaluate_plain(model, data, env)
+                log.info("teacher %s from %s: top1 %.2f on %s", spec.teacher, spec.teacher_ckpt, row["top1_last"],
+                         spec.dataset)
+            self._models[key] = (model, row)
+        return self._models[key]
+
+    def _trained(self, tspec: RunSpec | None) -> dict[str, Any]:
+        from kdbench.run import execute
+
+        assert tspec is not None
+        while True:
+            row = execute(tspec, self.session)
+            if row["status"] == "done":
+                return row
+            if row["status"] != "running":
+                raise TeacherUnavailable(f"teacher {tspec.student} ({tspec.dataset}, seed {tspec.seed}) "
+                                         f"{row['status']}: {row.get('error') or row.get('reason')}")
+            log.info("teacher %s is being trained by another process; waiting", tspec.student)
+            time.sleep(self.wait_seconds)
+
+
+def load_state_dict_file(path: str) -> dict[str, torch.Tensor]:
+    """A user-supplied checkpoint: a state dict, or a dict holding one under ``state_dict``,
+    ``model`` or ``net`` (RepDistiller saves ``{'model': ...}``)."""
+    obj = torch.load(Path(path).expanduser(), map_location="cpu", weights_only=False)
+    if isinstance(obj, dict):
+        for k in ("state_dict", "model", "net"):
+            if k in obj and isinstance(obj[k], dict):
+                return obj[k]
+        if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+            return obj
+    raise ValueError(f"teacher checkpoint {path}: expected a state dict (or a dict with 'state_dict'/'model'), "
+                     f"got {type(obj).__name__}")
+
+
+@torch.no_grad()
+def evaluate_plain(model: nn.Module, data: ImageData, env: "Env") -> float:
+    """Top-1 (%) of a plain forward on the test split."""
+    model.eval()
+    ev = EvalData(data.test_images, data.test_labels, data.mean, data.std, env.torch_device, env.eval_batch_size,
+                  env.memory_format)
+    correct = sum(int(model(b.x).argmax(1).eq(b.y).sum()) for b in ev)
+    return 100.0 * correct / len(ev)
+
+
+def catalogue(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Teachers available in a store: the done ``vanilla`` runs that some student used as
+    teacher (dataset, architecture, seed, recipe, key, accuracy)."""
+    used = {r.get("teacher_key") for r in rows if r.get("teacher_key")}
+    return [
+        {"dataset": r["dataset"], "arch": r["student"], "seed": r["seed"], "key": r["run_key"],
+         "epochs": r["recipe"]["epochs"], "top1": r.get("top1_last"), "model": str(Path(r["run_dir"]) / MODEL)}
+        for r in rows if r.get("method") == "vanilla" and r.get("status") == "done" and r.get("run_key") in used
+    ]
