@@ -1,0 +1,174 @@
+"""AT (Zagoruyko & Komodakis 2017): golden values of both modes, pooling, check()."""
+import functools
+import math
+
+import pytest
+import torch
+
+from kdbench.method import MethodContext, resolve_config
+from kdbench.methods.at import AT
+from kdbench.models import create_model
+from kdbench.taps import Outputs, TapInfo, measure
+
+CRD_GRID = [("wrn_40_2", "wrn_16_2"), ("wrn_40_2", "wrn_40_1"), ("resnet56", "resnet20"), ("resnet110", "resnet20"),
+            ("resnet110", "resnet32"), ("resnet32x4", "resnet8x4"), ("vgg13", "vgg8"), ("vgg13", "mobilenetv2"),
+            ("resnet50", "mobilenetv2"), ("resnet50", "vgg8"), ("resnet32x4", "shufflev1"),
+            ("resnet32x4", "shufflev2"), ("wrn_40_2", "shufflev1")]
+
+
+@functools.lru_cache(maxsize=None)
+def info(name: str) -> TapInfo:
+    return measure(create_model(name, 100), (3, 32, 32))
+
+
+def fake_info(*shapes, kind="cnn") -> TapInfo:
+    return TapInfo(num_classes=10, embedding_dim=shapes[-1][0], stage_channels=tuple(s[0] for s in shapes),
+                   stage_sizes=tuple((s[1], s[2]) for s in shapes), has_preact=False, kind=kind)
+
+
+def make(**overrides) -> AT:
+    cfg = resolve_config(AT, overrides)
+    c = MethodContext(num_classes=10, num_train_samples=100, device=torch.device("cpu"), epochs=240,
+                      steps_per_epoch=10, teacher_arch="t", student_arch="s", dataset="x", input_size=(3, 32, 32))
+    return AT(cfg, None, None, c)  # type: ignore[arg-type]
+
+
+def outputs(*maps) -> Outputs:
+    return Outputs(logits=torch.zeros(maps[0].shape[0], 3), embedding=torch.zeros(maps[0].shape[0], 2), stages=maps)
+
+
+# -- naive reference computations, from REFERENCE.md, with plain loops --------------------
+
+def naive_avg_pool(f, out_h, out_w):
+    """Average pool with integer ratios (the test maps are divisible)."""
+    B, C, H, W = len(f), len(f[0]), len(f[0][0]), len(f[0][0][0])
+    kh, kw = H // out_h, W // out_w
+    return [[[[sum(f[b][c][i * kh + u][j * kw + v] for u in range(kh) for v in range(kw)) / (kh * kw)
+               for j in range(out_w)] for i in range(out_h)] for c in range(C)] for b in range(B)]
+
+
+def naive_attention(f):
+    """Per sample: vec(mean_c f²) divided by its Euclidean norm."""
+    out = []
+    for sample in f:
+        C, H, W = len(sample), len(sample[0]), len(sample[0][0])
+        a = [sum(sample[c][h][w] ** 2 for c in range(C)) / C for h in range(H) for w in range(W)]
+        norm = math.sqrt(sum(v * v for v in a))
+        out.append([v / norm for v in a])
+    return out
+
+
+def naive_common(fs, ft):
+    hs, ws, ht, wt = len(fs[0][0]), len(fs[0][0][0]), len(ft[0][0]), len(ft[0][0][0])
+    h, w = min(hs, ht), min(ws, wt)
+    if (hs, ws) != (h, w):
+        fs = naive_avg_pool(fs, h, w)
+    if (ht, wt) != (h, w):
+        ft = naive_avg_pool(ft, h, w)
+    return fs, ft
+
+
+def naive_code(pairs, beta):
+    total = 0.0
+    for fs, ft in pairs:
+        fs, ft = naive_common(fs.tolist(), ft.tolist())
+        a_s, a_t = naive_attention(fs), naive_attention(ft)
+        sq = [(x - y) ** 2 for rs, rt in zip(a_s, a_t) for x, y in zip(rs, rt)]
+        total += sum(sq) / len(sq)
+    return beta * total
+
+
+def naive_paper(pairs, beta):
+    """β/2 · Σ_j β-scaled by 1/(H_j W_j B): Σ_b ‖a_s − a_t‖₂ / (H_j W_j B)."""
+    total = 0.0
+    for fs, ft in pairs:
+        fs, ft = naive_common(fs.tolist(), ft.tolist())
+        a_s, a_t = naive_attention(fs), naive_attention(ft)
+        B, HW = len(a_s), len(a_s[0])
+        beta_j = beta / (HW * B)
+        total += beta_j / 2 * sum(math.sqrt(sum((x - y) ** 2 for x, y in zip(rs, rt))) for rs, rt in zip(a_s, a_t))
+    return total
+
+
+def random_pairs():
+    g = torch.Generator().manual_seed(3)
+    return [
+        (torch.randn(2, 3, 4, 4, generator=g), torch.randn(2, 5, 4, 4, generator=g)),  # equal sizes
+        (torch.randn(2, 2, 4, 4, generator=g), torch.randn(2, 4, 2, 2, generator=g)),  # student larger: pooled
+        (torch.randn(2, 3, 2, 2, generator=g), torch.randn(2, 2, 4, 6, generator=g)),  # teacher larger: pooled
+    ]
+
+
+def test_defaults_are_the_reference_ones():
+    cfg = resolve_config(AT, {})
+    assert (cfg.ce_weight, cfg.feat_weight, cfg.p, cfg.mode) == (1.0, 1000.0, 2.0, "code")
+    with pytest.raises(ValueError):
+        resolve_config(AT, {"mode": "other"})
+
+
+@pytest.mark.parametrize("mode,naive", [("code", naive_code), ("paper", naive_paper)])
+def test_golden_values_of_both_modes(mode, naive):
+    pairs = random_pairs()
+    m = make(mode=mode)
+    terms = m.loss(outputs(*(p[0] for p in pairs)), outputs(*(p[1] for p in pairs)), None, None)
+    assert set(terms) == {"loss_at"}
+    assert math.isclose(terms["loss_at"].item(), naive(pairs, 1000.0), rel_tol=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["code", "paper"])
+def test_hand_checkable_cases(mode):
+    f = torch.randn(2, 4, 4, 4)
+    m = make(mode=mode)
+    tol = 1e-9 if mode == "code" else 1e-4  # paper: the norm itself (not squared) of float32 rounding
+    # identical maps, and maps differing by a positive scale (normalised away): zero
+    assert m.loss(outputs(f), outputs(f), None, None)["loss_at"].item() < 1e-9
+    assert m.loss(outputs(f), outputs(3.0 * f), None, None)["loss_at"].item() < tol
+    # one channel, 1×2 maps: a_s = (1, 0), a_t = (0, 1)
+    s = torch.tensor([[[[1.0, 0.0]]]])
+    t = torch.tensor([[[[0.0, 1.0]]]])
+    got = m.loss(outputs(s), outputs(t), None, None)["loss_at"].item()
+    expected = 1000.0 * (1 + 1) / 2 if mode == "code" else 500.0 * math.sqrt(2) / 2
+    assert math.isclose(got, expected, rel_tol=1e-6)
+
+
+def test_attention_is_sign_invariant_and_p_is_used():
+    f = torch.randn(2, 3, 4, 4)
+    assert make().loss(outputs(f), outputs(-f), None, None)["loss_at"].item() < 1e-9
+    g = f.abs()
+    s, t = g, g + torch.rand(2, 3, 4, 4)
+    assert not math.isclose(make(p=1.0).loss(outputs(s), outputs(t), None, None)["loss_at"].item(),
+                            make(p=2.0).loss(outputs(s), outputs(t), None, None)["loss_at"].item())
+
+
+def test_gradient_flows_to_the_student_only_and_is_finite_at_zero_difference():
+    s = torch.randn(2, 3, 4, 4, requires_grad=True)
+    t = s.detach().clone()
+    for mode in ("code", "paper"):
+        s.grad = None
+        make(mode=mode).loss(outputs(s), outputs(t), None, None)["loss_at"].backward()
+        assert torch.isfinite(s.grad).all()
+
+
+def test_bf16_inputs_give_a_float32_loss():
+    f = torch.randn(2, 3, 4, 4).bfloat16()
+    assert make().loss(outputs(f), outputs(f * 2), None, None)["loss_at"].dtype == torch.float32
+
+
+def test_check_declines_different_stage_counts_and_non_cnn():
+    cfg = AT.Config()
+    three = fake_info((16, 32, 32), (32, 16, 16), (64, 8, 8))
+    four = fake_info((16, 32, 32), (32, 16, 16), (64, 8, 8), (128, 4, 4))
+    reason = AT.check(cfg, four, three)
+    assert reason and "stage counts differ" in reason and "student 3" in reason and "teacher 4" in reason
+    assert AT.check(cfg, three, three) is None
+    assert "spatial" in AT.check(cfg, three, fake_info((16, 32, 32), kind="gnn"))
+    assert AT.check(cfg, info("resnet18"), info("resnet8"))  # ImageNet-depth 4 stages vs CIFAR 3
+
+
+@pytest.mark.parametrize("teacher,student", CRD_GRID)
+def test_serves_every_crd_pair(teacher, student):
+    t_info, s_info = info(teacher), info(student)
+    assert AT.check(AT.Config(), t_info, s_info) is None
+    s = outputs(*(torch.rand(2, *s_info.stage_shape(i)) for i in range(s_info.num_stages)))
+    t = outputs(*(torch.rand(2, *t_info.stage_shape(i)) for i in range(t_info.num_stages)))
+    assert math.isfinite(make().loss(s, t, None, None)["loss_at"].item())
