@@ -97,7 +97,8 @@ def test_pkt_method_weights_and_defaults():
     s = Outputs(logits=torch.zeros(5, 3), embedding=es)
     t = Outputs(logits=torch.zeros(5, 3), embedding=et)
     for weight in (30000.0, 2.0):
-        terms = PKT(resolve_config(PKT, {"feat_weight": weight}), None, None, None).loss(s, t, None, None)  # type: ignore[arg-type]
+        m = PKT(resolve_config(PKT, {"feat_weight": weight}), None, None, None)  # type: ignore[arg-type]
+        terms = m.loss(s, t, None, None)  # type: ignore[arg-type]
         assert set(terms) == {"loss_pkt"}
         assert abs(terms["loss_pkt"].item() - weight * naive_pkt(es, et)) < 1e-6 * weight
 

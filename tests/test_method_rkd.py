@@ -67,7 +67,8 @@ def naive_angle_loss(es, et) -> float:
 
 def random_pair(b=6, ds=3, dt=5, seed=0, scale=1.0):
     g = torch.Generator().manual_seed(seed)
-    return scale * torch.randn(b, ds, generator=g, dtype=torch.float64), torch.randn(b, dt, generator=g, dtype=torch.float64)
+    es = scale * torch.randn(b, ds, generator=g, dtype=torch.float64)
+    return es, torch.randn(b, dt, generator=g, dtype=torch.float64)
 
 
 def test_distance_and_angle_match_naive_loops():
@@ -126,9 +127,12 @@ def test_rkd_method_weights_and_defaults():
     terms = RKD(resolve_config(RKD, {"feat_weight": 2, "distance_weight": 1, "angle_weight": 2}),
                 None, None, None).loss(s, t, None, None)  # type: ignore[arg-type]
     assert abs(terms["loss_rkd_distance"].item() - 2 * d) < 1e-6 and abs(terms["loss_rkd_angle"].item() - 4 * a) < 1e-6
-    only_d = RKD(resolve_config(RKD, {"angle_weight": 0}), None, None, None).loss(s, t, None, None)  # type: ignore[arg-type]
+    def terms_with(**overrides):
+        return RKD(resolve_config(RKD, overrides), None, None, None).loss(s, t, None, None)  # type: ignore[arg-type]
+
+    only_d = terms_with(angle_weight=0)
     assert set(only_d) == {"loss_rkd_distance"}
-    only_a = RKD(resolve_config(RKD, {"distance_weight": 0}), None, None, None).loss(s, t, None, None)  # type: ignore[arg-type]
+    only_a = terms_with(distance_weight=0)
     assert set(only_a) == {"loss_rkd_angle"} and abs(only_a["loss_rkd_angle"].item() - 50 * a) < 1e-5
 
 

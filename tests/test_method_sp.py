@@ -2,7 +2,6 @@
 import functools
 import math
 
-import pytest
 import torch
 
 from kdbench.method import resolve_config
