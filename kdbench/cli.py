@@ -29,6 +29,7 @@ def _grid_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--batch-size", type=int, help="batch size (default: the dataset's recipe)")
     g.add_argument("--lr", type=float, help="learning rate (default: the dataset's recipe)")
     g.add_argument("--teacher-seed", type=int, help="seed of the teachers' training (default 0)")
+    g.add_argument("--teacher-epochs", type=int, help="epochs of the teachers' training (default: --epochs)")
     g.add_argument("--set", dest="assignments", action="append", default=[], metavar="METHOD.OPTION=VALUE",
                    help="override a method option, e.g. --set kd.temperature=2 (repeatable)")
     g.add_argument("--teacher-ckpt", action="append", default=[], metavar="ARCH=PATH",
@@ -113,7 +114,8 @@ def grid_from_args(args: argparse.Namespace) -> Grid:
     if recipe:
         file_values["recipe"] = recipe
     grid = build_grid(file_values, dataset=args.dataset, methods=args.methods, pairs=args.pairs, seeds=args.seeds,
-                      epochs=args.epochs, teacher_seed=args.teacher_seed)
+                      epochs=args.epochs, teacher_seed=args.teacher_seed,
+                      teacher_epochs=args.teacher_epochs)
     return with_overrides(grid, args.assignments) if args.assignments else grid
 
 

@@ -15,6 +15,7 @@ Grid files are plain YAML data (``yaml.safe_load``), never code::
     epochs: 240                # shorthand for recipe: {epochs: 240}
     recipe: {batch_size: 64, lr: 0.05}
     teacher_seed: 0
+    teacher_epochs: 240        # the teachers' own schedule (default: the students' epochs)
     teachers: {resnet32x4: /ckpts/resnet32x4.pth}   # use these checkpoints instead of training
     overrides: {kd: {temperature: 2}, dkd: {beta: 6}}
     imports: [mypkg.my_method]
@@ -69,7 +70,7 @@ DEFAULT_PAIRS = {"digits": "digits", "cifar100": "crd", "cifar10": "crd", "mini_
 #: Methods every grid includes, first.
 BASELINES = ("vanilla", "kd")
 
-GRID_KEYS = {"dataset", "pairs", "methods", "seeds", "epochs", "recipe", "teacher_seed", "teachers",
+GRID_KEYS = {"dataset", "pairs", "methods", "seeds", "epochs", "recipe", "teacher_seed", "teacher_epochs", "teachers",
              "overrides", "imports", "runner"}
 
 
@@ -85,6 +86,7 @@ class Grid:
     seeds: list[int] = field(default_factory=lambda: [0, 1])
     recipe: Recipe | None = None  # None: the dataset's own recipe
     teacher_seed: int = 0
+    teacher_epochs: int | None = None
     teachers: dict[str, str] = field(default_factory=dict)
     overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
     imports: list[str] = field(default_factory=list)
@@ -119,6 +121,7 @@ class Grid:
                         teacher=teacher if needs_teacher else None,
                         overrides=tuple(sorted(_hashable(self.overrides.get(method, {})).items())),
                         teacher_seed=self.teacher_seed,
+                        teacher_epochs=self.teacher_epochs if needs_teacher else None,
                         teacher_ckpt=self.teachers.get(teacher) if needs_teacher else None,
                         imports=tuple(self.imports),
                     )
@@ -265,6 +268,7 @@ def build_grid(file_values: dict[str, Any] | None = None, **flags: Any) -> Grid:
         methods=parse_methods(values.get("methods")),
         seeds=parse_seeds(values.get("seeds")),
         teacher_seed=int(values.get("teacher_seed", 0)),
+        teacher_epochs=None if values.get("teacher_epochs") is None else int(values["teacher_epochs"]),
         teachers={str(k): str(v) for k, v in (values.get("teachers") or {}).items()},
         overrides={str(k): dict(v) if isinstance(v, dict) else v for k, v in (values.get("overrides") or {}).items()},
         imports=[str(m) for m in (values.get("imports") or [])],

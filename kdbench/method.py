@@ -195,6 +195,16 @@ class Method(nn.Module):
         parameter it owns). Return a subset to freeze the rest (e.g. FT's paraphraser)."""
         return [self]
 
+    def uses_teacher_in_main(self) -> bool:
+        """Whether the main stage runs the teacher (default: ``needs.teacher``). A method
+        whose main stage is CE only (AB) returns False and saves the teacher's forward."""
+        return self.needs.teacher
+
+    def run_info(self) -> dict[str, Any]:
+        """Values the method worked out at build time (e.g. DKD's β preset, CRD's
+        effective K), recorded in the result row as ``method_info``."""
+        return {}
+
     def wrap_train_dataset(self, data: TrainData) -> TrainData:
         """Return a wrapper adding what the method needs per batch (default: unchanged)."""
         return data

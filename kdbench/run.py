@@ -224,6 +224,7 @@ def _train(spec: RunSpec, resolved: ResolvedSpec, run_dir: Path, session: Sessio
         "student_params": sum(p.numel() for p in student.parameters()),
         "extra_params": sum(p.numel() for p in method.parameters()),
         "uses_teacher_at_inference": method.uses_teacher_at_inference,
+        "method_info": method.run_info(),
         "resumed_from": list(result.resumed_from) if result.resumed_from else None,
         "num_train": len(plain_train), "num_test": len(eval_data),
         "pid": os.getpid(),

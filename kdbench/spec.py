@@ -81,6 +81,7 @@ class RunSpec:
     teacher_seed: int = 0
     teacher_ckpt: str | None = None
     imports: tuple[str, ...] = ()
+    teacher_epochs: int | None = None  # None: the teacher uses ``recipe.epochs`` too
 
     @property
     def pair(self) -> str:
@@ -93,8 +94,9 @@ class RunSpec:
         """The vanilla run that trains this spec's teacher (None with a supplied checkpoint)."""
         if self.teacher is None or self.teacher_ckpt:
             return None
+        recipe = self.recipe if self.teacher_epochs is None else self.recipe.replace(epochs=self.teacher_epochs)
         return RunSpec(dataset=self.dataset, student=self.teacher, method="vanilla",
-                       seed=self.teacher_seed, recipe=self.recipe, imports=self.imports)
+                       seed=self.teacher_seed, recipe=recipe, imports=self.imports)
 
     def to_json(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)

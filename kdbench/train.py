@@ -140,7 +140,7 @@ class TrainResult:
 def stage_plan(method: Method, epochs: int) -> list[Stage]:
     """The method's extra stages followed by the main stage (CE + ``method.loss``)."""
     main = Stage(name="main", epochs=epochs, loss=method.loss, modules=tuple(method.main_modules()), student="all",
-                 lr=None, ce_weight=float(method.cfg.ce_weight), needs_teacher=method.needs.teacher)
+                 lr=None, ce_weight=float(method.cfg.ce_weight), needs_teacher=method.uses_teacher_in_main())
     return [*method.stages(), main]
 
 
@@ -159,6 +159,17 @@ def configure_stage(student: nn.Module, method: Method, stage: Stage) -> list[nn
     if not params:
         raise ValueError(f"{method.name}: stage {stage.name!r} has no trainable parameters")
     return params
+
+
+def set_stage_modes(student: nn.Module, method: Method, teacher: nn.Module | None, stage: Stage) -> None:
+    """Train mode for what ``stage`` trains, eval mode for everything else (frozen method
+    modules keep their BatchNorm statistics; the teacher is always in eval mode)."""
+    student.train(stage.student != "none")
+    method.eval()
+    for m in stage.modules:
+        m.train()
+    if teacher is not None:
+        teacher.eval()
 
 
 def stage_losses(student: nn.Module | None, teacher: nn.Module | None, stage: Stage, batch, info: StepInfo,
@@ -270,14 +281,6 @@ class Trainer:
         lr = self.lr if stage.lr is None else stage.lr
         return torch.optim.SGD(params, lr=lr, momentum=self.recipe.momentum, weight_decay=self.recipe.weight_decay)
 
-    def _set_modes(self, stage: Stage) -> None:
-        self.student.train(stage.student != "none")
-        self.method.eval()
-        for m in stage.modules:
-            m.train()
-        if self.teacher is not None:
-            self.teacher.eval()
-
     def _lr_at(self, stage: Stage, epoch: int) -> float:
         if stage.name != "main":
             return self.lr if stage.lr is None else stage.lr
@@ -291,7 +294,7 @@ class Trainer:
         lr = self._lr_at(stage, epoch)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        self._set_modes(stage)
+        set_stage_modes(self.student, self.method, self.teacher, stage)
         run_student = stage.student != "none"
         use_teacher = self.teacher is not None and stage.needs_teacher
         steps = self.train_data.steps_per_epoch()

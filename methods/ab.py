@@ -74,9 +74,8 @@ Choices and deviations (documented):
   script uses Nesterov momentum) and keeps the lr constant (RepDistiller).
 * Pre-activation taps follow the model families (see ``kdbench.students``): for WRN the
   "pre-activation" of stage i is the next BatchNorm's output, as in the authors' WRN code.
-* Engine limitation: the main stage still runs the teacher's forward pass every step
-  although its output is unused (the main stage's ``needs_teacher`` follows
-  ``Method.needs.teacher``).
+* The main stage does not run the teacher at all (``uses_teacher_in_main`` is False): its
+  loss is CE only, so the teacher's forward would be wasted work.
 """
 from __future__ import annotations
 
@@ -258,3 +257,6 @@ class AB(Method):
 
     def main_modules(self) -> list[nn.Module]:
         return []
+
+    def uses_teacher_in_main(self) -> bool:
+        return False

@@ -49,13 +49,13 @@ Choices and deviations (each documented, none changes the loss formula)
   :meth:`CRD.wrap_train_dataset`) adds ``batch.extras["contrast_idx"]`` (``B × (K+1)``
   int64 on the device; column 0 = the sample's own index, the reference's ``exact`` mode;
   the ``relax`` mode is not offered). By default the ``K`` negatives are drawn uniformly over
-  the samples of the other classes WITH replacement (vectorised: per-class offsets into a
-  class-sorted index). RepDistiller draws them WITHOUT replacement
-  (``np.random.choice(..., replace=False)`` whenever ``K`` ≤ the pool); at CIFAR-100 scale
-  (16384 of 49,500) about 15% of with-replacement draws repeat an index already drawn for
-  that row. ``negatives_without_replacement=True`` reproduces the reference's draw exactly in
-  distribution (random keys over the other-class samples, ``K`` smallest; costs a ``B × N``
-  key tensor per batch). Draws use the epoch generator ``gen`` after the standard
+  the samples of the other classes WITHOUT replacement, as RepDistiller does
+  (``np.random.choice(..., replace=False)`` whenever ``K`` ≤ the pool): random keys over the
+  other-class samples, the ``K`` smallest kept (a ``B × N`` key tensor per batch, ≈ 50 ms
+  per step at CIFAR-100 scale on CPU). ``negatives_without_replacement=False`` draws WITH
+  replacement instead (vectorised per-class offsets into a class-sorted index; cheaper, but
+  at CIFAR-100 scale, 16384 of 49,500, about 15% of the draws repeat an index already drawn
+  for that row). Draws use the epoch generator ``gen`` after the standard
   augmentation has drawn its numbers, so runs are deterministic and resume exactly, and the
   crops equal those of every other method at the same seed.
 * ``K`` scales down for small training sets: ``K_eff = min(num_negatives, N − size of the
@@ -86,11 +86,11 @@ Choices and deviations (each documented, none changes the loss formula)
   float32 with autocast disabled (bf16 dot products at τ=0.07 would be too coarse).
 
 Cost (measured: resnet32x4→resnet8x4, batch 64, 2 CPU threads, N = 50,000, 100 classes,
-interleaved with KD): K=16384 ≈ 1.02–1.05× KD's step time (CRD loss + memory update ≈ 35 ms,
-negatives ≈ 10 ms, of a ≈ 850 ms KD step; the reference's gather form would be ≈ 1.6×);
-K=4096 ≈ 1.0–1.03× (gather ≈ 1.15×). Peak memory of a step ≈ +150 MB over KD (gather form:
-+1.07 GB, the two 537 MB row copies). ``negatives_without_replacement`` adds ≈ 50 ms per step
-(the ``B × N`` keys and a top-k). Memory banks: 2 × N × 128 floats (51 MB at N = 50,000) in
+interleaved with KD): K=16384 with the default draw without replacement ≈ 1.09× KD's step
+time (CRD loss + memory update ≈ 35 ms, negatives ≈ 60 ms, of a ≈ 850 ms KD step; the
+reference's gather form would be ≈ 1.6×); drawing with replacement ≈ 1.02–1.05× (negatives
+≈ 10 ms); K=4096 ≈ 1.0–1.03× (gather ≈ 1.15×). Peak memory of a step ≈ +150 MB over KD
+(gather form: +1.07 GB, the two 537 MB row copies). Memory banks: 2 × N × 128 floats (51 MB at N = 50,000) in
 the checkpoint.
 """
 from __future__ import annotations
@@ -227,8 +227,8 @@ class CRD(Method):
         nce_temperature: float = 0.07
         #: memory update m ← normalise(momentum·m + (1−momentum)·v)
         momentum: float = 0.5
-        #: the reference's draw (no repeated negative within a row); default: with replacement
-        negatives_without_replacement: bool = False
+        #: the reference's draw (no repeated negative within a row); False: with replacement
+        negatives_without_replacement: bool = True
 
     needs = Needs(teacher=True, logits=True, embedding=True)
 

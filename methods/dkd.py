@@ -148,9 +148,13 @@ class DKD(Method):
             self.beta = preset_beta(ctx.teacher_arch, ctx.student_arch)
             known = (ctx.teacher_arch, ctx.student_arch) in BETA_PRESETS
             source = "mdistiller preset" if known else "default"
+        self.beta_source = source
         self.warmup_epochs = scaled_epochs(cfg.warmup_epochs, REFERENCE_WARMUP_EPOCHS, ctx.epochs)
         log.info("dkd %s->%s: beta=%g (%s), alpha=%g, T=%g, warm-up %d epoch(s)", ctx.teacher_arch,
                  ctx.student_arch, self.beta, source, cfg.alpha, cfg.temperature, self.warmup_epochs)
+
+    def run_info(self) -> dict[str, float | int | str]:
+        return {"beta": self.beta, "beta_source": self.beta_source, "warmup_epochs": self.warmup_epochs}
 
     def loss(self, s: Outputs, t: Outputs | None, batch: Batch, step: StepInfo) -> dict[str, Tensor]:
         assert t is not None

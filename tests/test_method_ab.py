@@ -18,6 +18,7 @@ from kdbench.models import classifier_parameters, create_model
 from kdbench.spec import Recipe
 from kdbench.taps import Outputs, TapInfo, measure
 from kdbench.train import Env, Trainer, configure_stage, stage_plan
+from kdbench.train import set_stage_modes as _set_modes  # the engine's own mode switch
 
 from harness import build, random_image_data
 
@@ -241,12 +242,6 @@ def test_stage_plan_init_then_ce_only():
     assert main.loss(None, None, None, None) == {}
 
 
-def _set_modes(student, method, teacher, stage):
-    """The engine's own mode switch (whatever its current name) applied to these modules."""
-    fn = getattr(Trainer, "set_modes", None) or getattr(Trainer, "_set_modes")
-    holder = type("H", (), {})()
-    holder.student, holder.method, holder.teacher = student, method, teacher
-    fn(holder, stage)
 
 
 def test_main_stage_freezes_the_connectors_in_eval_mode():

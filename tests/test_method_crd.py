@@ -406,7 +406,7 @@ def test_defaults_are_the_reference_values():
     cfg = resolve_config(crd.CRD, {})
     assert (cfg.ce_weight, cfg.feat_weight, cfg.kd_weight, cfg.temperature) == (1.0, 0.8, 0.0, 4.0)
     assert (cfg.feat_dim, cfg.num_negatives, cfg.nce_temperature, cfg.momentum) == (128, 16384, 0.07, 0.5)
-    assert cfg.negatives_without_replacement is False
+    assert cfg.negatives_without_replacement is True  # RepDistiller's np.random.choice(replace=False)
     assert crd.NCE_EPS == 1e-7
     assert crd.CRD.needs.embedding and crd.CRD.needs.teacher
 

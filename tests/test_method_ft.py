@@ -1,7 +1,6 @@
 """FT (Kim et al. 2018): golden factor losses (both modes), reconstruction, stages, freezing."""
 import functools
 import math
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -11,7 +10,7 @@ from kdbench.method import MethodContext, resolve_config
 from kdbench.methods.ft import FT, factor_loss
 from kdbench.models import create_model
 from kdbench.taps import Outputs, TapInfo, measure
-from kdbench.train import Trainer, configure_stage, stage_losses
+from kdbench.train import configure_stage, set_stage_modes, stage_losses
 
 from harness import build
 
@@ -203,7 +202,7 @@ def test_main_stage_freezes_the_paraphraser_in_eval_mode():
     _, main = setup.stages()
     assert main.modules == (m.translator,)
     params = configure_stage(student, m, main)
-    Trainer._set_modes(SimpleNamespace(student=student, method=m, teacher=setup.teacher), main)  # the trainer's code
+    set_stage_modes(student, m, setup.teacher, main)  # the trainer's code
     assert not m.paraphraser.training and all(not mod.training for mod in m.paraphraser.modules())
     assert m.translator.training and student.training
     assert all(not p.requires_grad for p in m.paraphraser.parameters())
