@@ -3,8 +3,9 @@ batching) divided by torchvision's CIFAR100 dataset with PIL transforms in a Dat
 
 Both read the same files in torchvision's on-disk format (``cifar-100-python/``). Without
 ``--root``, a full-size CIFAR-100 (50,000 + 10,000 random images) is written to a temporary
-folder in the genuine pickle format first; torchvision's MD5 check is then switched off
-for the synthetic files (it would reject them), nothing else changes.
+folder in the genuine format first — Python-2 protocol-2 pickles, byte-for-byte the way the
+published files are written (``tests/fake_datasets.py``); torchvision's MD5 check is then
+switched off for the synthetic files (it would reject them), nothing else changes.
 
 Measured per side, one epoch of batch-64 training batches (crop 32 pad 4, horizontal
 flip, normalise to float):
@@ -19,7 +20,7 @@ flip, normalise to float):
 from __future__ import annotations
 
 import argparse
-import pickle
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -34,17 +35,18 @@ MEAN, STD = (0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761)
 
 
 def write_cifar100(root: Path, n_train: int = 50000, n_test: int = 10000) -> None:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from fake_datasets import py2_pickle
+
     folder = root / "cifar-100-python"
     folder.mkdir(parents=True)
     rng = np.random.default_rng(0)
     for name, n in (("train", n_train), ("test", n_test)):
         obj = {"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8), "fine_labels": rng.integers(0, 100, n).tolist(),
-               "coarse_labels": rng.integers(0, 20, n).tolist(), "filenames": ["x.png"] * n}
-        with open(folder / name, "wb") as f:
-            pickle.dump(obj, f, protocol=2)
-    with open(folder / "meta", "wb") as f:
-        pickle.dump({"fine_label_names": [f"c{i}" for i in range(100)],
-                     "coarse_label_names": [f"s{i}" for i in range(20)]}, f, protocol=2)
+               "coarse_labels": rng.integers(0, 20, n).tolist(), "filenames": [f"img_{i}.png" for i in range(n)]}
+        (folder / name).write_bytes(py2_pickle(obj))
+    (folder / "meta").write_bytes(py2_pickle({"fine_label_names": [f"c{i}" for i in range(100)],
+                                              "coarse_label_names": [f"s{i}" for i in range(20)]}))
 
 
 def kdbench_images_per_s(root: Path) -> tuple[float, float]:

@@ -48,7 +48,7 @@ def test_one_backward_reaches_every_trainable_parameter_and_never_the_teacher(na
         batch = setup.batch()
         use_teacher = setup.teacher if stage.needs_teacher else None
         _, terms = stage_losses(setup.student if stage.student != "none" else None, use_teacher, stage, batch,
-                                setup.step_info(stage), m.needs.preact)
+                                setup.step_info(stage), m.needs)
         for k, v in terms.items():
             assert k.startswith("loss_") and v.dim() == 0 and math.isfinite(v.item()), (k, v)
         sum(terms.values()).backward()
