@@ -262,6 +262,8 @@ class DatasetSource:
     augment: Augment = Augment()
     #: the recipe used for teachers and students unless the grid overrides it
     recipe: Recipe = Recipe()
+    #: the teachers' epochs when the grid does not set them (None: the recipe's epochs)
+    teacher_epochs: int | None = None
     #: expected on-disk layout below the data root, shown in errors
     layout: str = ""
     #: how to obtain the data, shown in errors

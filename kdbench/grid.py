@@ -15,7 +15,7 @@ Grid files are plain YAML data (``yaml.safe_load``), never code::
     epochs: 240                # shorthand for recipe: {epochs: 240}
     recipe: {batch_size: 64, lr: 0.05}
     teacher_seed: 0
-    teacher_epochs: 240        # the teachers' own schedule (default: the students' epochs)
+    teacher_epochs: 240        # the teachers' own schedule (default: the dataset's, else the students' epochs)
     teachers: {resnet32x4: /ckpts/resnet32x4.pth}   # use these checkpoints instead of training
     overrides: {kd: {temperature: 2}, dkd: {beta: 6}}
     imports: [mypkg.my_method]
@@ -32,7 +32,7 @@ from typing import Any
 import yaml
 
 from kdbench.method import resolve_config
-from kdbench.registry import DATASETS, METHODS, MODELS, UnknownNameError, import_user_modules
+from kdbench.registry import METHODS, MODELS, UnknownNameError, import_user_modules
 from kdbench.spec import Recipe, RunSpec
 
 log = logging.getLogger(__name__)
@@ -97,6 +97,11 @@ class Grid:
             return self.recipe
         return dataset_entry(self.dataset).recipe
 
+    def resolved_teacher_epochs(self) -> int | None:
+        if self.teacher_epochs is not None:
+            return self.teacher_epochs
+        return dataset_entry(self.dataset).teacher_epochs
+
     def method_names(self) -> list[str]:
         names: list[str] = list(BASELINES)
         for m in self.methods:
@@ -110,6 +115,7 @@ class Grid:
         import_user_modules(self.imports)
         self.validate()
         recipe = self.resolved_recipe()
+        teacher_epochs = self.resolved_teacher_epochs()
         specs: list[RunSpec] = []
         seen: set[RunSpec] = set()
         for teacher, student in self.pairs:
@@ -121,7 +127,7 @@ class Grid:
                         teacher=teacher if needs_teacher else None,
                         overrides=tuple(sorted(_hashable(self.overrides.get(method, {})).items())),
                         teacher_seed=self.teacher_seed,
-                        teacher_epochs=self.teacher_epochs if needs_teacher else None,
+                        teacher_epochs=teacher_epochs if needs_teacher else None,
                         teacher_ckpt=self.teachers.get(teacher) if needs_teacher else None,
                         imports=tuple(self.imports),
                     )

@@ -63,7 +63,9 @@ class MethodConfig:
 class Needs:
     """What a method reads from the two models.
 
-    ``stages`` lists the stage indices it uses ("all" for every stage); ``preact`` asks
+    ``stages`` lists the stage indices it uses; ``"all"`` means every stage, student stage
+    i paired with teacher stage i (so pairs with different stage counts are declined by the
+    default :meth:`Method.check`); ``preact`` asks
     for pre-activation maps (AB); ``teacher=False`` means no teacher is loaded at all
     (vanilla). ``spatial`` is implied by non-empty ``stages``.
     """
@@ -178,6 +180,9 @@ class Method(nn.Module):
                 bad = [i for i in needs.stages if not -n <= i < n]
                 if bad:
                     return f"{cls.name} uses stage(s) {bad}; the {role} has {n} stage(s)"
+        if needs.stages == "all" and teacher_info is not None and teacher_info.num_stages != student_info.num_stages:
+            return (f"{cls.name} pairs student stage i with teacher stage i; their stage counts differ "
+                    f"(student {student_info.num_stages}, teacher {teacher_info.num_stages})")
         return None
 
     # -- the loss -----------------------------------------------------------------------

@@ -90,6 +90,7 @@ from torch import Tensor, nn
 
 from kdbench.data import Batch
 from kdbench.method import Method, MethodConfig, MethodContext, Needs, Stage, StepInfo, scaled_epochs
+from kdbench.methods._common import bridge_conv, bridge_kind
 from kdbench.registry import register_method
 from kdbench.taps import Outputs, TapInfo
 
@@ -116,12 +117,7 @@ def connector_kind(s_shape: Shape, t_shape: Shape, spatial: str) -> str | None:
     if spatial == "pool":
         return "pool"
     if spatial == "conv":
-        if hs == 2 * ht and ws == 2 * wt:
-            return "down2"
-        if 2 * hs == ht and 2 * ws == wt:
-            return "up2"
-        if hs >= ht and ws >= wt:
-            return "valid"
+        return bridge_kind((hs, ws), (ht, wt))
     return None
 
 
@@ -151,12 +147,8 @@ class ABConnector(nn.Module):
             self.body: nn.Module = nn.Identity()
         elif kind in ("1x1", "pool"):
             self.body = _conv_bn(nn.Conv2d(cs, ct, 1, bias=False), ct)
-        elif kind == "down2":
-            self.body = _conv_bn(nn.Conv2d(cs, ct, 3, stride=2, padding=1, bias=False), ct)
-        elif kind == "up2":
-            self.body = _conv_bn(nn.ConvTranspose2d(cs, ct, 4, stride=2, padding=1, bias=False), ct)
-        else:  # valid
-            self.body = _conv_bn(nn.Conv2d(cs, ct, (1 + hs - ht, 1 + ws - wt), bias=False), ct)
+        else:  # down2, up2, valid: the spatial bridge conv shared with FitNets' regressor
+            self.body = _conv_bn(bridge_conv(cs, ct, (hs, ws), (ht, wt), bias=False), ct)
 
     def forward(self, x: Tensor) -> Tensor:
         if self.pool_to is not None and tuple(x.shape[-2:]) != self.pool_to:
@@ -216,9 +208,6 @@ class AB(Method):
         if reason is not None:
             return reason
         assert teacher_info is not None
-        if teacher_info.num_stages != student_info.num_stages:
-            return (f"ab pairs stage i with stage i; the teacher has {teacher_info.num_stages} stages, "
-                    f"the student {student_info.num_stages}")
         spatial = getattr(cfg, "spatial", "conv")
         for i in range(student_info.num_stages):
             s_shape, t_shape = student_info.stage_shape(i), teacher_info.stage_shape(i)

@@ -31,8 +31,9 @@ larger *feature map* is adaptive-average-pooled to the smaller one (per dimensio
 the attention is computed, as in the reference code (the paper only pairs equal sizes).
 Computed in float32. ``F.normalize``'s ε = 1e-12 guards all-zero maps.
 
-Pairs whose stage counts differ are declined in :meth:`AT.check` (stage j of one network
-is matched with stage j of the other; there is no canonical mapping otherwise).
+Pairs whose stage counts differ are declined by the default :meth:`Method.check` for
+``stages="all"`` (stage j of one network is matched with stage j of the other; there is no
+canonical mapping otherwise).
 
 Other deviations: none. Defaults: ``ce_weight=1``, ``feat_weight=1000``, ``p=2``,
 ``mode="code"``.
@@ -48,18 +49,9 @@ from torch import Tensor
 
 from kdbench.data import Batch
 from kdbench.method import Method, MethodConfig, Needs, StepInfo
+from kdbench.methods._common import pool_to_common
 from kdbench.registry import register_method
-from kdbench.taps import Outputs, TapInfo
-
-
-def pool_to_common(f_s: Tensor, f_t: Tensor) -> tuple[Tensor, Tensor]:
-    """Adaptive-average-pool the larger of two maps (per spatial dimension) to the smaller."""
-    size = (min(f_s.shape[2], f_t.shape[2]), min(f_s.shape[3], f_t.shape[3]))
-    if tuple(f_s.shape[2:]) != size:
-        f_s = F.adaptive_avg_pool2d(f_s, size)
-    if tuple(f_t.shape[2:]) != size:
-        f_t = F.adaptive_avg_pool2d(f_t, size)
-    return f_s, f_t
+from kdbench.taps import Outputs
 
 
 def attention_map(f: Tensor, p: float = 2.0) -> Tensor:
@@ -96,17 +88,6 @@ class AT(Method):
         mode: Literal["code", "paper"] = "code"
 
     needs = Needs(teacher=True, logits=True, stages="all")
-
-    @classmethod
-    def check(cls, cfg: MethodConfig, teacher_info: TapInfo | None, student_info: TapInfo) -> str | None:
-        reason = super().check(cfg, teacher_info, student_info)
-        if reason is not None:
-            return reason
-        assert teacher_info is not None
-        if teacher_info.num_stages != student_info.num_stages:
-            return (f"at matches stage j of the student with stage j of the teacher; their stage counts differ "
-                    f"(student {student_info.num_stages}, teacher {teacher_info.num_stages})")
-        return None
 
     def loss(self, s: Outputs, t: Outputs | None, batch: Batch, step: StepInfo) -> dict[str, Tensor]:
         assert t is not None

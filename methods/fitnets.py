@@ -63,40 +63,17 @@ from torch import Tensor, nn
 
 from kdbench.data import Batch
 from kdbench.method import Method, MethodConfig, MethodContext, Needs, Stage, StepInfo
+from kdbench.methods._common import bridge_conv, bridge_kind
 from kdbench.registry import register_method
 from kdbench.taps import Outputs, TapInfo
 
 
-def regressor_kind(s_shape: tuple[int, int, int], t_shape: tuple[int, int, int]) -> str | None:
-    """How to map a student map of ``s_shape`` (C, H, W) onto a teacher map of ``t_shape``:
-    ``"down2"`` (3×3 stride-2 conv), ``"up2"`` (4×4 stride-2 transposed conv), ``"kernel"``
-    (valid conv of kernel 1+s−t, 1×1 when equal) or ``None`` (unsupported ratio)."""
-    _, hs, ws = s_shape
-    _, ht, wt = t_shape
-    if hs == 2 * ht and ws == 2 * wt:
-        return "down2"
-    if 2 * hs == ht and 2 * ws == wt:
-        return "up2"
-    if hs >= ht and ws >= wt:
-        return "kernel"
-    return None
-
-
 def make_regressor(s_shape: tuple[int, int, int], t_shape: tuple[int, int, int]) -> nn.Sequential:
-    """The FitNets regressor ``conv → BN → ReLU`` from student to teacher shape (see the
-    module docstring for the three cases)."""
+    """The FitNets regressor ``conv → BN → ReLU`` from student to teacher shape (the conv
+    of :func:`~kdbench.methods._common.bridge_conv`; see the module docstring)."""
     cs, hs, ws = s_shape
     ct, ht, wt = t_shape
-    kind = regressor_kind(s_shape, t_shape)
-    if kind == "down2":
-        conv: nn.Module = nn.Conv2d(cs, ct, kernel_size=3, stride=2, padding=1)
-    elif kind == "up2":
-        conv = nn.ConvTranspose2d(cs, ct, kernel_size=4, stride=2, padding=1)
-    elif kind == "kernel":
-        conv = nn.Conv2d(cs, ct, kernel_size=(1 + hs - ht, 1 + ws - wt))
-    else:
-        raise ValueError(f"no FitNets regressor maps a student map {s_shape} onto a teacher map {t_shape}")
-    return nn.Sequential(conv, nn.BatchNorm2d(ct), nn.ReLU(inplace=True))
+    return nn.Sequential(bridge_conv(cs, ct, (hs, ws), (ht, wt)), nn.BatchNorm2d(ct), nn.ReLU(inplace=True))
 
 
 @register_method("fitnets")
@@ -130,7 +107,7 @@ class FitNets(Method):
         if cfg.hint_stage_epochs < 0:
             return f"fitnets hint_stage_epochs must be >= 0, got {cfg.hint_stage_epochs}"
         s_shape, t_shape = student_info.stage_shape(k - 1), teacher_info.stage_shape(k - 1)
-        if regressor_kind(s_shape, t_shape) is None:
+        if bridge_kind(s_shape[1:], t_shape[1:]) is None:
             return (f"fitnets cannot bridge the stage-{k} maps: student {s_shape[1]}x{s_shape[2]} is smaller "
                     f"than teacher {t_shape[1]}x{t_shape[2]} by other than exactly 2x (the regressor "
                     f"handles 2x larger, 2x smaller, or larger-or-equal student maps)")

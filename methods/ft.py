@@ -79,7 +79,8 @@ from torch import Tensor, nn
 
 from kdbench.data import Batch
 from kdbench.method import Method, MethodConfig, MethodContext, Needs, Stage, StepInfo, scaled_epochs
-from kdbench.methods.at import attention_map, pool_to_common
+from kdbench.methods._common import pool_to_common
+from kdbench.methods.at import attention_map
 from kdbench.registry import register_method
 from kdbench.taps import Outputs, TapInfo
 

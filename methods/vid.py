@@ -26,8 +26,8 @@ taken from the VID authors' code), CIFAR-100 setting ce 1, feat 1, on every stag
 Choices and deviations:
 
 * Stages: all stage outputs, stage i of the student with stage i of the teacher. Pairs with
-  different stage counts are declined in :meth:`VID.check` (the reference would silently
-  ``zip`` them to the shorter list).
+  different stage counts are declined by the default :meth:`Method.check` (the reference
+  would silently ``zip`` them to the shorter list).
 * Spatial mismatch: as in the reference, the larger map is adaptive-average-pooled to the
   smaller *before* the regressor (the student map when it is larger, otherwise the teacher
   map). The reference compares heights only and pools to a square; we pool each dimension
@@ -55,18 +55,9 @@ from torch import Tensor, nn
 
 from kdbench.data import Batch
 from kdbench.method import Method, MethodConfig, MethodContext, Needs, StepInfo
+from kdbench.methods._common import pool_to_common
 from kdbench.registry import register_method
 from kdbench.taps import Outputs, TapInfo
-
-
-def pool_larger_to_smaller(f_s: Tensor, f_t: Tensor) -> tuple[Tensor, Tensor]:
-    """Adaptive-average-pool whichever map is larger (per spatial dimension) to the smaller."""
-    size = (min(f_s.shape[2], f_t.shape[2]), min(f_s.shape[3], f_t.shape[3]))
-    if tuple(f_s.shape[2:]) != size:
-        f_s = F.adaptive_avg_pool2d(f_s, size)
-    if tuple(f_t.shape[2:]) != size:
-        f_t = F.adaptive_avg_pool2d(f_t, size)
-    return f_s, f_t
 
 
 def inverse_softplus(y: float) -> float:
@@ -112,17 +103,6 @@ class VID(Method):
 
     needs = Needs(teacher=True, logits=True, stages="all")
 
-    @classmethod
-    def check(cls, cfg: MethodConfig, teacher_info: TapInfo | None, student_info: TapInfo) -> str | None:
-        reason = super().check(cfg, teacher_info, student_info)
-        if reason is not None:
-            return reason
-        assert teacher_info is not None
-        if teacher_info.num_stages != student_info.num_stages:
-            return (f"vid regresses teacher stage i from student stage i; their stage counts differ "
-                    f"(student {student_info.num_stages}, teacher {teacher_info.num_stages})")
-        return None
-
     def __init__(self, cfg: Config, teacher_info: TapInfo | None, student_info: TapInfo, ctx: MethodContext):
         super().__init__(cfg, teacher_info, student_info, ctx)
         assert teacher_info is not None
@@ -140,7 +120,7 @@ class VID(Method):
     def stage_loss(self, i: int, f_s: Tensor, f_t: Tensor) -> Tensor:
         """Unweighted VID term of stage ``i``."""
         with torch.autocast(device_type=f_s.device.type, enabled=False):
-            f_s, f_t = pool_larger_to_smaller(f_s.float(), f_t.float())
+            f_s, f_t = pool_to_common(f_s.float(), f_t.float())
             return vid_nll(self.regressors[i](f_s), f_t, self.theta[i], self.cfg.var_eps)
 
     def loss(self, s: Outputs, t: Outputs | None, batch: Batch, step: StepInfo) -> dict[str, Tensor]:

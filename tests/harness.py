@@ -1,6 +1,7 @@
 """Build a method on a pair of real models, as the engine does, for unit tests."""
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -67,3 +68,17 @@ def build(method: str, teacher: str = "resnet20", student: str = "resnet8", over
     if m is not None:
         td = m.wrap_train_dataset(td)
     return Setup(m, s_model, t_model, td, s_info, t_info, reason)
+
+
+#: The CRD CIFAR-100 benchmark (Tian et al. 2020, Table 1 and 2): 7 same-family, then 6
+#: cross-family teacher->student pairs. Written out here independently of kdbench's presets.
+CRD_GRID = [("wrn_40_2", "wrn_16_2"), ("wrn_40_2", "wrn_40_1"), ("resnet56", "resnet20"), ("resnet110", "resnet20"),
+            ("resnet110", "resnet32"), ("resnet32x4", "resnet8x4"), ("vgg13", "vgg8"), ("vgg13", "mobilenetv2"),
+            ("resnet50", "mobilenetv2"), ("resnet50", "vgg8"), ("resnet32x4", "shufflev1"),
+            ("resnet32x4", "shufflev2"), ("wrn_40_2", "shufflev1")]
+
+
+@functools.lru_cache(maxsize=None)
+def cifar_info(name: str) -> TapInfo:
+    """The measured taps of ``name`` at CIFAR-100 size (cached for the whole test session)."""
+    return measure(create_model(name, 100), (3, 32, 32))

@@ -47,24 +47,26 @@ def test_list_pattern(capsys):
     assert code == 0 and "wrn_40_2" in out and "resnet" not in out.split("also:")[0]
 
 
+GRID = ["--pairs", "resnet8->resnet8", "--methods", "kd", "--epochs", "1", "--teacher-epochs", "2", "--batch-size", "128"]
+
+
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
     out = tmp_path_factory.mktemp("out")
-    assert main(["run", "--pairs", "resnet8->resnet8", "--methods", "kd", "--epochs", "1", "--seeds", "2",
-                 "--batch-size", "128", "--no-progress", "--out", str(out)]) == 0
+    assert main(["run", *GRID, "--seeds", "2", "--no-progress", "--out", str(out)]) == 0
     return out
 
 
 def test_status_and_dry_run(capsys, finished):
-    args = ["--pairs", "resnet8->resnet8", "--methods", "kd", "--epochs", "1", "--seeds", "2", "--batch-size", "128",
-            "--out", str(finished)]
-    code, out, _ = run_main(capsys, "status", *args)
+    code, out, _ = run_main(capsys, "status", *GRID, "--seeds", "2", "--out", str(finished))
     assert code == 0 and "4 done of 4 runs" in out
-    code, out, _ = run_main(capsys, "status", *args[:-4], "--seeds", "3", "--batch-size", "128", "--out", str(finished))
+    code, out, _ = run_main(capsys, "status", *GRID, "--seeds", "3", "--out", str(finished))
     assert "4 done, 2 pending of 6 runs" in out
-    code, out, _ = run_main(capsys, "run", "--dry-run", *args[:-4], "--seeds", "3", "--batch-size", "128",
-                            "--out", str(finished))
+    code, out, _ = run_main(capsys, "run", "--dry-run", *GRID, "--seeds", "3", "--out", str(finished))
     assert code == 0 and "2 pending" in out
+    # the teacher's own schedule is part of the students' identity
+    code, out, _ = run_main(capsys, "status", *GRID[:-4], "--batch-size", "128", "--seeds", "2", "--out", str(finished))
+    assert "2 done, 2 pending of 4 runs" in out
 
 
 def test_report_formats(capsys, finished, tmp_path):

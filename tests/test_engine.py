@@ -15,7 +15,7 @@ from conftest import TESTS, kdbench_cli
 from kdbench import cli as kdbench_main
 from kdbench.store import Store
 
-FAST = ["--dataset", "digits", "--seeds", "1", "--no-progress", "--batch-size", "128"]
+FAST = ["--dataset", "digits", "--seeds", "1", "--no-progress", "--batch-size", "128", "--teacher-epochs", "2"]
 
 
 def rows(out: Path) -> list[dict]:
@@ -68,7 +68,7 @@ def test_rerunning_a_finished_grid_trains_nothing(tmp_path, monkeypatch, capsys)
     args = ["run", *FAST, "--pairs", "resnet8->resnet8", "--epochs", "1", "--methods", "kd", "--out", str(tmp_path)]
     assert kdbench_main.main(args) == 0
     before = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("result.json")}
-    assert len(before) == 2  # kd + vanilla resnet8 (which is also the teacher: same arch, seed, recipe)
+    assert len(before) == 3  # teacher (vanilla resnet8, 2 epochs), vanilla resnet8 (1 epoch), kd
     from kdbench import train
 
     def refuse(self):
@@ -100,8 +100,8 @@ def test_teacher_is_trained_once_per_grid_and_reused(tmp_path):
             "--out", str(tmp_path)]
     assert kdbench_main.main(args) == 0
     rs = rows(tmp_path)
-    teacher_runs = [r for r in rs if r["method"] == "vanilla" and r["student"] == "resnet14"]
-    assert len(teacher_runs) == 1  # the teacher run doubles as the vanilla row of resnet14
+    teacher_runs = [r for r in rs if r["method"] == "vanilla" and r["student"] == "resnet14" and r["epochs"] == 2]
+    assert len(teacher_runs) == 1  # one teacher (2 epochs) for both pairs
     kd_rows = [r for r in rs if r["method"] == "kd"]
     assert len(kd_rows) == 2 and {r["teacher_key"] for r in kd_rows} == {teacher_runs[0]["run_key"]}
     assert all(r["teacher_top1"] == teacher_runs[0]["top1_last"] for r in kd_rows)

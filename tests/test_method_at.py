@@ -1,5 +1,4 @@
 """AT (Zagoruyko & Komodakis 2017): golden values of both modes, pooling, check()."""
-import functools
 import math
 
 import pytest
@@ -7,18 +6,8 @@ import torch
 
 from kdbench.method import MethodContext, resolve_config
 from kdbench.methods.at import AT
-from kdbench.models import create_model
-from kdbench.taps import Outputs, TapInfo, measure
-
-CRD_GRID = [("wrn_40_2", "wrn_16_2"), ("wrn_40_2", "wrn_40_1"), ("resnet56", "resnet20"), ("resnet110", "resnet20"),
-            ("resnet110", "resnet32"), ("resnet32x4", "resnet8x4"), ("vgg13", "vgg8"), ("vgg13", "mobilenetv2"),
-            ("resnet50", "mobilenetv2"), ("resnet50", "vgg8"), ("resnet32x4", "shufflev1"),
-            ("resnet32x4", "shufflev2"), ("wrn_40_2", "shufflev1")]
-
-
-@functools.lru_cache(maxsize=None)
-def info(name: str) -> TapInfo:
-    return measure(create_model(name, 100), (3, 32, 32))
+from kdbench.taps import Outputs, TapInfo
+from harness import CRD_GRID, cifar_info as info
 
 
 def fake_info(*shapes, kind="cnn") -> TapInfo:

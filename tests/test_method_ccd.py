@@ -4,7 +4,6 @@ the chain, the data wrapper's interleaving, determinism, config and pair checks.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 
 import numpy as np
@@ -17,8 +16,8 @@ from kdbench.data import Augment, ImageData, TrainData, epoch_generator
 from kdbench.method import MethodContext, resolve_config
 from kdbench.methods import _jda
 from kdbench.methods.ccd import CCD, JDATrainData, ccd_soft_terms
-from kdbench.models import create_model
-from kdbench.taps import Outputs, measure
+from kdbench.taps import Outputs
+from harness import CRD_GRID as CRD_PAIRS, cifar_info as info
 
 # -- naive references for the loss ------------------------------------------------------------
 
@@ -434,16 +433,6 @@ def test_grey_dataset_and_uniform_level():
 
 
 # -- pairs ---------------------------------------------------------------------------------------
-
-CRD_PAIRS = [("wrn_40_2", "wrn_16_2"), ("wrn_40_2", "wrn_40_1"), ("resnet56", "resnet20"), ("resnet110", "resnet20"),
-             ("resnet110", "resnet32"), ("resnet32x4", "resnet8x4"), ("vgg13", "vgg8"), ("vgg13", "mobilenetv2"),
-             ("resnet50", "mobilenetv2"), ("resnet50", "vgg8"), ("resnet32x4", "shufflev1"),
-             ("resnet32x4", "shufflev2"), ("wrn_40_2", "shufflev1")]
-
-
-@functools.lru_cache(maxsize=None)
-def info(name: str):
-    return measure(create_model(name, 100), (3, 32, 32))
 
 
 def test_check_serves_the_crd_grid_and_declines_without_teacher():

@@ -1,6 +1,5 @@
 """CRD (Tian et al. 2020): golden values from plain loops over the paper's formulas, the data-side
 negatives, the memory bank, Z and checkpointing."""
-import functools
 import math
 from collections import Counter
 
@@ -9,12 +8,12 @@ import torch
 
 from kdbench.data import Batch, TrainData, epoch_generator, replace
 from kdbench.method import MethodContext, resolve_config
-from kdbench.models import create_model
-from kdbench.taps import Outputs, TapInfo, measure
+from kdbench.taps import Outputs, TapInfo
 
 from kdbench.methods import crd
 
 from harness import build, random_image_data
+from harness import CRD_GRID, cifar_info as measured
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -411,22 +410,10 @@ def test_defaults_are_the_reference_values():
     assert crd.CRD.needs.embedding and crd.CRD.needs.teacher
 
 
-@functools.lru_cache(maxsize=None)
-def measured(name):
-    return measure(create_model(name, 100), (3, 32, 32))
-
-
-CRD_GRID = ["wrn_40_2->wrn_16_2", "wrn_40_2->wrn_40_1", "resnet56->resnet20", "resnet110->resnet20",
-            "resnet110->resnet32", "resnet32x4->resnet8x4", "vgg13->vgg8", "vgg13->mobilenetv2",
-            "resnet50->mobilenetv2", "resnet50->vgg8", "resnet32x4->shufflev1", "resnet32x4->shufflev2",
-            "wrn_40_2->shufflev1"]
-
-
 def test_check_serves_the_crd_grid_and_declines_without_teacher():
     cfg = crd.CRD.Config()
-    for pair in CRD_GRID:
-        t, s = pair.split("->")
-        assert crd.CRD.check(cfg, measured(t), measured(s)) is None, pair
+    for t, s in CRD_GRID:
+        assert crd.CRD.check(cfg, measured(t), measured(s)) is None, (t, s)
     reason = crd.CRD.check(cfg, None, measured("resnet8x4"))
     assert isinstance(reason, str) and "teacher" in reason
     no_emb = TapInfo(num_classes=100, embedding_dim=0, stage_channels=(), stage_sizes=(), has_preact=False)

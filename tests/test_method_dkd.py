@@ -4,7 +4,6 @@ Expected values are computed with plain loops over classes written from REFERENC
 TCKD = T²·mean_b KL([p_t,gt, 1−p_t,gt] ‖ [p_s,gt, 1−p_s,gt]); NCKD = T²·mean_b KL over the
 softmax of the non-target classes only; total = min(epoch/warmup, 1)·(α·TCKD + β·NCKD).
 """
-import functools
 import logging
 import math
 
@@ -14,22 +13,13 @@ import torch
 from kdbench.data import Batch
 from kdbench.method import MethodContext, StepInfo, resolve_config
 from kdbench.methods.dkd import BETA_PRESETS, DKD, nckd_loss, non_target_logits, tckd_loss, warmup_factor
-from kdbench.models import create_model
-from kdbench.taps import Outputs, TapInfo, measure
+from kdbench.taps import Outputs
+from harness import CRD_GRID, cifar_info
 
-CRD_GRID = [("wrn_40_2", "wrn_16_2"), ("wrn_40_2", "wrn_40_1"), ("resnet56", "resnet20"), ("resnet110", "resnet20"),
-            ("resnet110", "resnet32"), ("resnet32x4", "resnet8x4"), ("vgg13", "vgg8"), ("vgg13", "mobilenetv2"),
-            ("resnet50", "mobilenetv2"), ("resnet50", "vgg8"), ("resnet32x4", "shufflev1"), ("resnet32x4", "shufflev2"),
-            ("wrn_40_2", "shufflev1")]
 
 ZS = [[1.0, 2.0, 0.5, -1.0, 0.0], [0.0, -1.0, 3.0, 2.5, 1.0], [4.0, 1.0, 1.0, -2.0, 0.3]]
 ZT = [[2.0, 0.0, 1.0, 0.5, -0.5], [1.0, 1.0, 1.0, 4.0, -1.0], [0.5, 3.0, -1.0, 0.0, 2.0]]
 Y = [1, 3, 0]
-
-
-@functools.lru_cache(maxsize=None)
-def cifar_info(name: str) -> TapInfo:
-    return measure(create_model(name, 100), (3, 32, 32))
 
 
 def context(teacher="resnet32x4", student="resnet8x4", epochs=240) -> MethodContext:

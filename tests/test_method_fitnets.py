@@ -1,5 +1,4 @@
 """FitNets (Romero et al. 2015): golden hint loss, regressor shapes, check(), hint stage."""
-import functools
 import math
 
 import pytest
@@ -7,22 +6,13 @@ import torch
 from torch import nn
 
 from kdbench.method import MethodContext, StepInfo, resolve_config
-from kdbench.methods.fitnets import FitNets, make_regressor, regressor_kind
-from kdbench.models import create_model
-from kdbench.taps import Outputs, TapInfo, measure
+from kdbench.methods._common import bridge_kind
+from kdbench.methods.fitnets import FitNets, make_regressor
+from kdbench.taps import Outputs, TapInfo
 from kdbench.train import configure_stage, stage_losses
 
 from harness import build
-
-CRD_GRID = [("wrn_40_2", "wrn_16_2"), ("wrn_40_2", "wrn_40_1"), ("resnet56", "resnet20"), ("resnet110", "resnet20"),
-            ("resnet110", "resnet32"), ("resnet32x4", "resnet8x4"), ("vgg13", "vgg8"), ("vgg13", "mobilenetv2"),
-            ("resnet50", "mobilenetv2"), ("resnet50", "vgg8"), ("resnet32x4", "shufflev1"),
-            ("resnet32x4", "shufflev2"), ("wrn_40_2", "shufflev1")]
-
-
-@functools.lru_cache(maxsize=None)
-def info(name: str) -> TapInfo:
-    return measure(create_model(name, 100), (3, 32, 32))
+from harness import CRD_GRID, cifar_info as info
 
 
 def fake_info(*shapes: tuple[int, int, int], kind: str = "cnn") -> TapInfo:
@@ -97,12 +87,12 @@ def test_hand_checkable_zero_and_constant_cases():
 @pytest.mark.parametrize("s_shape,t_shape,kind,conv_type,kernel,stride", [
     ((16, 32, 32), (32, 16, 16), "down2", nn.Conv2d, (3, 3), (2, 2)),
     ((232, 8, 8), (32, 16, 16), "up2", nn.ConvTranspose2d, (4, 4), (2, 2)),
-    ((16, 16, 16), (64, 16, 16), "kernel", nn.Conv2d, (1, 1), (1, 1)),
-    ((16, 10, 9), (8, 8, 8), "kernel", nn.Conv2d, (3, 2), (1, 1)),
+    ((16, 16, 16), (64, 16, 16), "valid", nn.Conv2d, (1, 1), (1, 1)),
+    ((16, 10, 9), (8, 8, 8), "valid", nn.Conv2d, (3, 2), (1, 1)),
     ((16, 2, 2), (8, 1, 1), "down2", nn.Conv2d, (3, 3), (2, 2)),
 ])
 def test_regressor_is_sized_from_the_shapes(s_shape, t_shape, kind, conv_type, kernel, stride):
-    assert regressor_kind(s_shape, t_shape) == kind
+    assert bridge_kind(s_shape[1:], t_shape[1:]) == kind
     reg = make_regressor(s_shape, t_shape)
     conv, bn, relu = reg
     assert type(conv) is conv_type and conv.kernel_size == kernel and conv.stride == stride

@@ -1,5 +1,4 @@
 """FT (Kim et al. 2018): golden factor losses (both modes), reconstruction, stages, freezing."""
-import functools
 import math
 
 import pytest
@@ -8,21 +7,11 @@ from torch import nn
 
 from kdbench.method import MethodContext, resolve_config
 from kdbench.methods.ft import FT, factor_loss
-from kdbench.models import create_model
-from kdbench.taps import Outputs, TapInfo, measure
+from kdbench.taps import Outputs, TapInfo
 from kdbench.train import configure_stage, set_stage_modes, stage_losses
 
 from harness import build
-
-CRD_GRID = [("wrn_40_2", "wrn_16_2"), ("wrn_40_2", "wrn_40_1"), ("resnet56", "resnet20"), ("resnet110", "resnet20"),
-            ("resnet110", "resnet32"), ("resnet32x4", "resnet8x4"), ("vgg13", "vgg8"), ("vgg13", "mobilenetv2"),
-            ("resnet50", "mobilenetv2"), ("resnet50", "vgg8"), ("resnet32x4", "shufflev1"),
-            ("resnet32x4", "shufflev2"), ("wrn_40_2", "shufflev1")]
-
-
-@functools.lru_cache(maxsize=None)
-def info(name: str) -> TapInfo:
-    return measure(create_model(name, 100), (3, 32, 32))
+from harness import CRD_GRID, cifar_info as info
 
 
 def fake_info(*shapes, kind="cnn") -> TapInfo:

@@ -1,24 +1,14 @@
 """PKT (Passalis & Tefas 2018) golden values, computed with plain loops from REFERENCE.md §1."""
-import functools
 import math
 
 import torch
 
 from kdbench.method import resolve_config
 from kdbench.methods.pkt import PKT, pkt_loss, pkt_probabilities
-from kdbench.models import create_model
-from kdbench.taps import Outputs, TapInfo, measure
+from kdbench.taps import Outputs, TapInfo
+from harness import CRD_GRID as CRD_PAIRS, cifar_info as info
 
-CRD_PAIRS = [("wrn_40_2", "wrn_16_2"), ("wrn_40_2", "wrn_40_1"), ("resnet56", "resnet20"), ("resnet110", "resnet20"),
-             ("resnet110", "resnet32"), ("resnet32x4", "resnet8x4"), ("vgg13", "vgg8"), ("vgg13", "mobilenetv2"),
-             ("resnet50", "mobilenetv2"), ("resnet50", "vgg8"), ("resnet32x4", "shufflev1"),
-             ("resnet32x4", "shufflev2"), ("wrn_40_2", "shufflev1")]
 EPS = 1e-7
-
-
-@functools.lru_cache(maxsize=None)
-def info(name: str) -> TapInfo:
-    return measure(create_model(name, 100), (3, 32, 32))
 
 
 def naive_probabilities(e):

@@ -1,24 +1,13 @@
 """RKD (Park et al. 2019) golden values, computed with plain loops over pairs and triplets
 from REFERENCE.md §1."""
-import functools
 import math
 
 import torch
 
 from kdbench.method import resolve_config
 from kdbench.methods.rkd import RKD, rkd_angle_loss, rkd_distance_loss
-from kdbench.models import create_model
-from kdbench.taps import Outputs, TapInfo, measure
-
-CRD_PAIRS = [("wrn_40_2", "wrn_16_2"), ("wrn_40_2", "wrn_40_1"), ("resnet56", "resnet20"), ("resnet110", "resnet20"),
-             ("resnet110", "resnet32"), ("resnet32x4", "resnet8x4"), ("vgg13", "vgg8"), ("vgg13", "mobilenetv2"),
-             ("resnet50", "mobilenetv2"), ("resnet50", "vgg8"), ("resnet32x4", "shufflev1"),
-             ("resnet32x4", "shufflev2"), ("wrn_40_2", "shufflev1")]
-
-
-@functools.lru_cache(maxsize=None)
-def info(name: str) -> TapInfo:
-    return measure(create_model(name, 100), (3, 32, 32))
+from kdbench.taps import Outputs, TapInfo
+from harness import CRD_GRID as CRD_PAIRS, cifar_info as info
 
 
 def huber(x: float) -> float:

@@ -1,5 +1,4 @@
 """VID (Ahn et al. 2019) golden values, computed with plain loops from REFERENCE.md §1."""
-import functools
 import math
 
 import pytest
@@ -8,25 +7,16 @@ from torch import nn
 
 from kdbench.method import MethodContext, resolve_config
 from kdbench.methods.vid import VID
-from kdbench.models import create_model
-from kdbench.taps import Outputs, TapInfo, measure
+from kdbench.taps import Outputs, TapInfo
 from kdbench.train import configure_stage, stage_plan
+from harness import CRD_GRID as CRD_PAIRS, cifar_info as info
 
-CRD_PAIRS = [("wrn_40_2", "wrn_16_2"), ("wrn_40_2", "wrn_40_1"), ("resnet56", "resnet20"), ("resnet110", "resnet20"),
-             ("resnet110", "resnet32"), ("resnet32x4", "resnet8x4"), ("vgg13", "vgg8"), ("vgg13", "mobilenetv2"),
-             ("resnet50", "mobilenetv2"), ("resnet50", "vgg8"), ("resnet32x4", "shufflev1"),
-             ("resnet32x4", "shufflev2"), ("wrn_40_2", "shufflev1")]
 CTX = MethodContext(num_classes=5, num_train_samples=10, device=torch.device("cpu"), epochs=1, steps_per_epoch=1,
                     teacher_arch="t", student_arch="s", dataset="random", input_size=(3, 8, 8))
 
 #: stage 1: the student map is larger (pooled 4×4 -> 2×2); stage 2: the teacher map is larger
 S_INFO = TapInfo(num_classes=5, embedding_dim=3, stage_channels=(2, 3), stage_sizes=((4, 4), (2, 2)), has_preact=False)
 T_INFO = TapInfo(num_classes=5, embedding_dim=2, stage_channels=(3, 2), stage_sizes=((2, 2), (4, 4)), has_preact=False)
-
-
-@functools.lru_cache(maxsize=None)
-def info(name: str) -> TapInfo:
-    return measure(create_model(name, 100), (3, 32, 32))
 
 
 def make_vid(**overrides) -> VID:

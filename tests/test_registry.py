@@ -65,7 +65,7 @@ def test_an_installed_plugin_shows_up_in_list_and_runs(tmp_path, cli):
     listed = cli("list", "methods", env=env, check=True)
     assert "toy_plugin_kd" in listed.stdout and "KD at temperature 2" in listed.stdout
     assert "plugin 'broken_plugin' failed to load" in listed.stdout  # reported, not a crash
-    run = cli("run", "--methods", "toy_plugin_kd", "--pairs", "resnet8->resnet8", "--epochs", "1", "--seeds", "1",
+    run = cli("run", "--methods", "toy_plugin_kd", "--pairs", "resnet8->resnet8", "--epochs", "1", "--teacher-epochs", "2", "--seeds", "1",
               "--batch-size", "128", "--no-progress", "--out", str(tmp_path / "out"), env=env, check=True)
     board = run.stdout.split("wall time")[0]
     assert "toy_plugin_kd" in board and "kd" in board
