@@ -312,7 +312,7 @@ class Trainer:
         for i, batch in enumerate(self.train_data.epoch(gen)):
             info = StepInfo(stage=stage.name, epoch=epoch, epochs=stage.epochs, step=(epoch - 1) * steps + i,
                             steps_per_epoch=steps)
-            terms, hits = self._step(optimizer, stage, batch, info, run_student, use_teacher)
+            terms, hits = self.train_step(optimizer, stage, batch, info, run_student, use_teacher)
             for k, v in terms.items():
                 sums[k] = sums[k] + v if k in sums else v
             if hits is not None:
@@ -331,7 +331,7 @@ class Trainer:
             record["train_top1"] = 100.0 * correct.item() / rows
         return record
 
-    def _step(self, optimizer: torch.optim.Optimizer, stage: Stage, batch, info: StepInfo, run_student: bool,
+    def train_step(self, optimizer: torch.optim.Optimizer, stage: Stage, batch, info: StepInfo, run_student: bool,
               use_teacher: bool) -> tuple[dict[str, Tensor], Tensor | None]:
         """One optimisation step; returns the detached loss terms and the number of correct
         student predictions. A function of its own so that the step's outputs are released
