@@ -16,19 +16,26 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kdbench.taps import Outputs
 
 
 class PreactBlock(nn.Module):
-    """A block with an optional pre-activation output (see module docstring)."""
+    """A block ending in a ReLU, with an optional pre-activation output (see module
+    docstring). Subclasses implement :meth:`pre_activation`, everything before that ReLU."""
 
-    def forward_pre(self, x: Tensor) -> tuple[Tensor, Tensor]:  # pragma: no cover - abstract
+    def pre_activation(self, x: Tensor) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.forward_pre(x)[0]
+        return F.relu(self.pre_activation(x), inplace=True)
+
+    def forward_pre(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        # Not in place: the pre-activation tensor is returned too.
+        pre = self.pre_activation(x)
+        return F.relu(pre), pre
 
 
 def run_stage(stage: nn.Sequential, x: Tensor, want_preact: bool) -> tuple[Tensor, Tensor | None]:

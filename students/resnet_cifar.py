@@ -43,18 +43,11 @@ class BasicBlock(PreactBlock):
         if stride != 1 or in_planes != planes:
             self.downsample = nn.Sequential(conv1x1(in_planes, planes, stride), nn.BatchNorm2d(planes))
 
-    def _residual_sum(self, x: Tensor) -> Tensor:
+    def pre_activation(self, x: Tensor) -> Tensor:
         out = F.relu(self.bn1(self.conv1(x)), inplace=True)
         out = self.bn2(self.conv2(out))
         out += x if self.downsample is None else self.downsample(x)
         return out
-
-    def forward(self, x: Tensor) -> Tensor:
-        return F.relu(self._residual_sum(x), inplace=True)
-
-    def forward_pre(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        pre = self._residual_sum(x)
-        return F.relu(pre), pre
 
 
 class CifarResNet(TappedNet):

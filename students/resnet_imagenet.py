@@ -38,17 +38,10 @@ class _Residual(PreactBlock):
     def _branch(self, x: Tensor) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def _sum(self, x: Tensor) -> Tensor:
+    def pre_activation(self, x: Tensor) -> Tensor:
         out = self._branch(x)
         out += x if self.shortcut is None else self.shortcut(x)
         return out
-
-    def forward(self, x: Tensor) -> Tensor:
-        return F.relu(self._sum(x), inplace=True)
-
-    def forward_pre(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        pre = self._sum(x)
-        return F.relu(pre), pre
 
 
 class BasicBlock(_Residual):

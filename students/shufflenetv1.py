@@ -44,7 +44,7 @@ class ShuffleUnit(PreactBlock):
         self.conv3 = conv1x1(mid, out_planes, groups=groups)
         self.bn3 = nn.BatchNorm2d(out_planes)
 
-    def _pre(self, x: Tensor) -> Tensor:
+    def pre_activation(self, x: Tensor) -> Tensor:
         out = F.relu(self.bn1(self.conv1(x)), inplace=True)
         out = channel_shuffle(out, self.groups1)
         out = F.relu(self.bn2(self.conv2(out)), inplace=True)
@@ -53,13 +53,6 @@ class ShuffleUnit(PreactBlock):
             return torch.cat([out, F.avg_pool2d(x, 3, stride=2, padding=1)], 1)
         out += x
         return out
-
-    def forward(self, x: Tensor) -> Tensor:
-        return F.relu(self._pre(x), inplace=True)
-
-    def forward_pre(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        pre = self._pre(x)
-        return F.relu(pre), pre
 
 
 class ShuffleNetV1(TappedNet):

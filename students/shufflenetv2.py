@@ -61,19 +61,12 @@ class BasicUnit(PreactBlock):
         self.conv3 = conv1x1(c, c)
         self.bn3 = nn.BatchNorm2d(c)
 
-    def _pre(self, x: Tensor) -> Tensor:
+    def pre_activation(self, x: Tensor) -> Tensor:
         left, right = x[:, : self.half], x[:, self.half :]
         out = F.relu(self.bn1(self.conv1(right)), inplace=True)
         out = self.bn2(self.conv2(out))
         out = self.bn3(self.conv3(out))
         return channel_shuffle(torch.cat([left, out], 1), 2)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return F.relu(self._pre(x), inplace=True)
-
-    def forward_pre(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        pre = self._pre(x)
-        return F.relu(pre), pre
 
 
 class DownUnit(nn.Module):
