@@ -1,13 +1,53 @@
 """Small checks shared by the dataset loaders."""
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from kdbench.data import DatasetSource
+from kdbench.data import DatasetError, DatasetSource
+
+log = logging.getLogger(__name__)
+
+
+def locate_files(source: DatasetSource, folder: Path, files: Iterable[str],
+                 download: Callable[[], None] | None = None) -> Path:
+    """``folder`` once it holds every name in ``files``.
+
+    If some are absent and ``download`` is given, it is called first; afterwards a missing
+    folder or file raises :meth:`DatasetSource.missing` naming the first absent file.
+    """
+    files = tuple(files)
+
+    def absent() -> list[str]:
+        return [f for f in files if not (folder / f).is_file()]
+
+    if download is not None and absent():
+        download()
+    if not folder.is_dir():
+        raise source.missing(folder, "no such folder")
+    lacking = absent()
+    if lacking:
+        raise source.missing(folder / lacking[0], f"{folder} exists but lacks {', '.join(lacking)}")
+    return folder
+
+
+def torchvision_download(source: DatasetSource, root: Path, class_name: str, **kwargs) -> None:
+    """Fetch and extract ``source`` into ``root`` with ``torchvision.datasets.<class_name>``;
+    any failure becomes a :class:`DatasetError` that says how to obtain the data by hand."""
+    import torchvision.datasets
+
+    log.info("%s: downloading with torchvision.datasets.%s into %s", source.name, class_name, root)
+    try:
+        Path(root).mkdir(parents=True, exist_ok=True)
+        getattr(torchvision.datasets, class_name)(root=str(root), download=True, **kwargs)
+    except Exception as exc:  # noqa: BLE001 - network/disk errors of any kind
+        raise DatasetError(f"dataset {source.name!r}: download into {root} failed ({type(exc).__name__}: {exc})\n"
+                           f"how to obtain it manually: {source.obtain}") from exc
 
 
 def expect_count(source: DatasetSource, path: Path, what: str, found: int, expected: int) -> None:

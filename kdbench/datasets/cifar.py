@@ -29,8 +29,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from kdbench.data import Augment, DatasetError, DatasetSource, ImageData
-from kdbench.datasets._common import check_labels, expect_count
+from kdbench.data import Augment, DatasetSource, ImageData
+from kdbench.datasets._common import check_labels, expect_count, locate_files, torchvision_download
 from kdbench.datasets._pickles import as_str, load_data_pickle, normalize_keys
 from kdbench.registry import register_dataset
 from kdbench.spec import Recipe
@@ -61,22 +61,13 @@ class _Cifar(DatasetSource):
 
     # -- loading ------------------------------------------------------------------------
     def load(self, root: Path, download: bool = False) -> ImageData:
-        folder = Path(root) / self.folder
-        if download and self._absent(folder):
-            self.download(Path(root))
-        if not folder.is_dir():
-            raise self.missing(folder, "no such folder")
-        absent = self._absent(folder)
-        if absent:
-            raise self.missing(folder / absent[0], f"{folder} exists but lacks {', '.join(absent)}")
+        folder = locate_files(self, Path(root) / self.folder, (*self.train_files, *self.test_files, self.meta_file),
+                              (lambda: self.download(Path(root))) if download else None)
         classes = self._read_classes(folder / self.meta_file)
         train_x, train_y = self._read_split(folder, self.train_files, self.expected_train, "training", len(classes))
         test_x, test_y = self._read_split(folder, self.test_files, self.expected_test, "test", len(classes))
         log.info("%s: loaded %d train / %d test images from %s", self.name, len(train_y), len(test_y), folder)
         return self.make(train_x, train_y, test_x, test_y, classes)
-
-    def _absent(self, folder: Path) -> list[str]:
-        return [f for f in (*self.train_files, *self.test_files, self.meta_file) if not (folder / f).is_file()]
 
     def _read_pickle(self, path: Path) -> dict:
         try:
@@ -126,16 +117,7 @@ class _Cifar(DatasetSource):
     # -- download -----------------------------------------------------------------------
     def download(self, root: Path) -> None:
         """Fetch and extract the archive into ``root`` with torchvision's dataset class."""
-        import torchvision.datasets
-
-        cls = getattr(torchvision.datasets, self.torchvision_class)
-        log.info("%s: downloading with torchvision.datasets.%s into %s", self.name, self.torchvision_class, root)
-        try:
-            Path(root).mkdir(parents=True, exist_ok=True)
-            cls(root=str(root), train=True, download=True)
-        except Exception as exc:  # noqa: BLE001 - network/disk errors of any kind
-            raise DatasetError(f"dataset {self.name!r}: download into {root} failed ({type(exc).__name__}: {exc})\n"
-                               f"how to obtain it manually: {self.obtain}") from exc
+        torchvision_download(self, root, self.torchvision_class, train=True)
 
 
 @register_dataset("cifar10")

@@ -27,8 +27,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from kdbench.data import Augment, DatasetError, DatasetSource, ImageData
-from kdbench.datasets._common import check_labels, expect_count
+from kdbench.data import Augment, DatasetSource, ImageData
+from kdbench.datasets._common import check_labels, expect_count, locate_files, torchvision_download
 from kdbench.registry import register_dataset
 from kdbench.spec import Recipe
 
@@ -66,22 +66,13 @@ stl10_binary/
         self.expected_test = expected_test
 
     def load(self, root: Path, download: bool = False) -> ImageData:
-        folder = Path(root) / self.folder
-        if download and self._absent(folder):
-            self.download(Path(root))
-        if not folder.is_dir():
-            raise self.missing(folder, "no such folder")
-        absent = self._absent(folder)
-        if absent:
-            raise self.missing(folder / absent[0], f"{folder} exists but lacks {', '.join(absent)}")
+        folder = locate_files(self, Path(root) / self.folder, self.files,
+                              (lambda: self.download(Path(root))) if download else None)
         classes = self._read_classes(folder / "class_names.txt")
         train_x, train_y = self._read_split(folder, "train", self.expected_train)
         test_x, test_y = self._read_split(folder, "test", self.expected_test)
         log.info("%s: loaded %d train / %d test images from %s", self.name, len(train_y), len(test_y), folder)
         return self.make(train_x, train_y, test_x, test_y, classes)
-
-    def _absent(self, folder: Path) -> list[str]:
-        return [f for f in self.files if not (folder / f).is_file()]
 
     def _read_classes(self, path: Path) -> list[str]:
         try:
@@ -109,12 +100,4 @@ stl10_binary/
 
     def download(self, root: Path) -> None:
         """Fetch and extract the archive into ``root`` with torchvision's STL10 class."""
-        import torchvision.datasets
-
-        log.info("%s: downloading with torchvision.datasets.STL10 into %s", self.name, root)
-        try:
-            Path(root).mkdir(parents=True, exist_ok=True)
-            torchvision.datasets.STL10(root=str(root), split="train", download=True)
-        except Exception as exc:  # noqa: BLE001 - network/disk errors of any kind
-            raise DatasetError(f"dataset {self.name!r}: download into {root} failed ({type(exc).__name__}: {exc})\n"
-                               f"how to obtain it manually: {self.obtain}") from exc
+        torchvision_download(self, root, "STL10", split="train")
