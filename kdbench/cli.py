@@ -52,10 +52,32 @@ def _env_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
+def _verbosity_args(p: argparse.ArgumentParser, top_level: bool = False) -> None:
+    """-v/-q, accepted before and after the subcommand. Only the top level sets defaults, so
+    a subcommand that is given neither flag does not reset what came before it."""
+    p.add_argument("-v", "--verbose", action="count", default=0 if top_level else argparse.SUPPRESS,
+                   help="more logging (-vv: per-epoch lines)")
+    p.add_argument("-q", "--quiet", action="store_true", default=False if top_level else argparse.SUPPRESS,
+                   help="warnings and results only")
+
+
+_VERBOSITY_FLAGS = frozenset({"-v", "-vv", "-vvv", "--verbose", "-q", "--quiet"})
+
+
+def with_default_command(argv: list[str]) -> list[str]:
+    """``argv`` with ``run`` inserted where no subcommand was named: after any leading
+    -v/-q, when nothing or an option (other than -h/--help) follows them."""
+    i = 0
+    while i < len(argv) and argv[i] in _VERBOSITY_FLAGS:
+        i += 1
+    if i == len(argv) or (argv[i].startswith("-") and argv[i] not in ("-h", "--help")):
+        return [*argv[:i], "run", *argv[i:]]
+    return argv
+
+
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kdbench", description="Benchmark knowledge-distillation methods.")
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv: per-epoch lines)")
-    parser.add_argument("-q", "--quiet", action="store_true", help="warnings and results only")
+    _verbosity_args(parser, top_level=True)
     sub = parser.add_subparsers(dest="command")
 
     run = sub.add_parser("run", help="train the grid (resumes; never redoes a finished run) and print the leaderboard")
@@ -79,6 +101,8 @@ def make_parser() -> argparse.ArgumentParser:
     report.add_argument("--metric", default="last", choices=["last", "best", "top5", "time"])
     report.add_argument("--format", default="terminal", choices=["terminal", "md", "csv"])
     report.add_argument("--output", metavar="FILE", help="write to FILE instead of standard output")
+    for subcommand in (run, lst, status, report):
+        _verbosity_args(subcommand)
     return parser
 
 
@@ -260,12 +284,7 @@ COMMANDS = {"run": cmd_run, "list": cmd_list, "status": cmd_status, "report": cm
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = make_parser()
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0].startswith("-") and argv[0] not in ("-h", "--help", "-v", "-vv", "-q", "--verbose", "--quiet"):
-        argv = ["run", *argv]
-    args = parser.parse_args(argv)
-    if args.command is None:
-        args = parser.parse_args([*argv, "run"])
+    args = parser.parse_args(with_default_command(list(sys.argv[1:] if argv is None else argv)))
     setup_logging(args.verbose, args.quiet)
     try:
         return COMMANDS[args.command](args)

@@ -1,7 +1,7 @@
 """The command line: errors that help, listings, status and reports."""
 import pytest
 
-from kdbench.cli import main
+from kdbench.cli import main, make_parser, with_default_command
 
 
 def run_main(capsys, *args):
@@ -55,6 +55,24 @@ def finished(tmp_path_factory):
     out = tmp_path_factory.mktemp("out")
     assert main(["run", *GRID, "--seeds", "2", "--no-progress", "--out", str(out)]) == 0
     return out
+
+
+@pytest.mark.parametrize("argv,command,verbose,quiet", [
+    ([], "run", 0, False),
+    (["-v", "--epochs", "1"], "run", 1, False),
+    (["-q", "--dry-run", "--methods", "kd"], "run", 0, True),
+    (["run", "--epochs", "1", "-vv"], "run", 2, False),
+    (["-v", "list", "methods", "-q"], "list", 1, True),
+    (["status", "--seeds", "2"], "status", 0, False),
+])
+def test_verbosity_flags_anywhere_and_run_is_the_default_command(argv, command, verbose, quiet):
+    args = make_parser().parse_args(with_default_command(argv))
+    assert (args.command, args.verbose, args.quiet) == (command, verbose, quiet)
+
+
+def test_dry_run_after_a_leading_flag(capsys, finished):
+    code, out, _ = run_main(capsys, "-q", "--dry-run", *GRID, "--seeds", "2", "--out", str(finished))
+    assert code == 0 and "4 done" in out
 
 
 def test_status_and_dry_run(capsys, finished):
