@@ -55,9 +55,13 @@ from kdbench.taps import Outputs
 
 
 def attention_map(f: Tensor, p: float = 2.0) -> Tensor:
-    """``normalise_L2(vec(mean_c f^p))``: B×C×H×W → B×(H·W), in float32."""
+    """``normalise_L2(vec(mean_c |f|^p))``: B×C×H×W → B×(H·W), in float32.
+
+    The paper's F^p_sum uses ``|A_i|^p``; the authors' code writes ``f.pow(p)``, which is
+    the same for p = 2 but NaN for fractional p on signed (pre-activation) maps.
+    """
     f = f.float()
-    a = f.pow(p).mean(dim=1) if p != 2 else (f * f).mean(dim=1)
+    a = (f * f).mean(dim=1) if p == 2 else f.abs().pow(p).mean(dim=1)
     return F.normalize(a.flatten(1), dim=1)
 
 

@@ -129,6 +129,19 @@ def test_attention_is_sign_invariant_and_p_is_used():
                             make(p=2.0).loss(outputs(s), outputs(t), None, None)["loss_at"].item())
 
 
+def test_fractional_p_uses_absolute_values_on_signed_maps():
+    # student: channels (-1, 2) at both of its two positions, so its map is constant and
+    # normalises to (1, 1)/sqrt(2) (f.pow(1.5) would be NaN on the -1); teacher: one channel
+    # with |t|^1.5 = (0.5, 1), normalised to (0.5, 1)/sqrt(1.25); code mode: 1000 · mean diff²
+    s = torch.tensor([[[[-1.0, -1.0]], [[2.0, 2.0]]]])  # 1×2×1×2: both positions equal
+    t = torch.tensor([[[[0.5 ** (1 / 1.5), 1.0]]]])  # 1×1×1×2: |t|^1.5 = (0.5, 1)
+    got = make(p=1.5).loss(outputs(s), outputs(t), None, None)["loss_at"].item()
+    a_s = [1 / math.sqrt(2), 1 / math.sqrt(2)]
+    a_t = [0.5 / math.sqrt(1.25), 1 / math.sqrt(1.25)]
+    expected = 1000.0 * sum((x - y) ** 2 for x, y in zip(a_s, a_t)) / 2
+    assert math.isfinite(got) and math.isclose(got, expected, rel_tol=1e-5)
+
+
 def test_gradient_flows_to_the_student_only_and_is_finite_at_zero_difference():
     s = torch.randn(2, 3, 4, 4, requires_grad=True)
     t = s.detach().clone()
