@@ -89,6 +89,16 @@ def derived_seed(seed: int, *parts: int) -> int:
     return value
 
 
+def random_stream(stage: Stage, index: int) -> int:
+    """The random stream an epoch of ``stage`` (at ``index`` in the plan) draws from.
+
+    Every method's main stage uses stream 0, so at one seed the main stage of a method with
+    a pre-stage (AB, FT, FitNets with hints) sees the same orders, crops, flips and CRD
+    negatives as KD's; pre-stages use ``index + 1``.
+    """
+    return 0 if stage.name == "main" else index + 1
+
+
 def topk_correct(logits: Tensor, y: Tensor, ks: tuple[int, ...] = (1, 5)) -> list[Tensor]:
     """Number of rows whose label is among the top-k logits, for each k (as tensors)."""
     kmax = min(max(ks), logits.shape[1])
@@ -142,7 +152,11 @@ def stage_plan(method: Method, epochs: int) -> list[Stage]:
     """The method's extra stages followed by the main stage (CE + ``method.loss``)."""
     main = Stage(name="main", epochs=epochs, loss=method.loss, modules=tuple(method.main_modules()), student="all",
                  lr=None, ce_weight=float(method.cfg.ce_weight), needs_teacher=method.uses_teacher_in_main())
-    return [*method.stages(), main]
+    extra = method.stages()
+    names = [stage.name for stage in extra]
+    if "main" in names or len(set(names)) != len(names):
+        raise ValueError(f"method {method.name!r}: extra stages need unique names other than 'main', got {names}")
+    return [*extra, main]
 
 
 def configure_stage(student: nn.Module, method: Method, stage: Stage) -> list[nn.Parameter]:
@@ -297,8 +311,9 @@ class Trainer:
 
     def train_epoch(self, si: int, stage: Stage, epoch: int, optimizer: torch.optim.Optimizer,
                      progress: Progress) -> dict[str, Any]:
-        seed_everything(derived_seed(self.seed, si, epoch))
-        gen = epoch_generator(self.seed, si, epoch)
+        stream = random_stream(stage, si)
+        seed_everything(derived_seed(self.seed, stream, epoch))
+        gen = epoch_generator(self.seed, stream, epoch)
         lr = self._lr_at(stage, epoch)
         for group in optimizer.param_groups:
             group["lr"] = lr

@@ -136,3 +136,47 @@ def test_cuda_request_without_cuda_is_a_clear_error(tmp_path, capsys):
         pytest.skip("CUDA is available here")
     code = kdbench_main.main(["run", *FAST, "--device", "cuda", "--epochs", "1", "--out", str(tmp_path)])
     assert code == 2 and "CUDA is not available" in capsys.readouterr().err
+
+
+def test_main_stage_sees_the_same_batches_whether_or_not_a_pre_stage_ran(tmp_path, monkeypatch):
+    """At one seed, FitNets' main stage after a hint stage draws KD's orders and crops."""
+    from kdbench.data import TrainData
+    from kdbench.train import Trainer
+
+    seen: dict[tuple[str, str], list[torch.Tensor]] = {}
+    where: list[tuple[str, str]] = []
+    real_epoch, real_batch = Trainer.train_epoch, TrainData.make_batch
+
+    def spy_epoch(self, si, stage, epoch, optimizer, progress):
+        where.append((self.method.name, stage.name))
+        try:
+            return real_epoch(self, si, stage, epoch, optimizer, progress)
+        finally:
+            where.pop()
+
+    def spy_batch(self, idx_cpu, gen):
+        batch = real_batch(self, idx_cpu, gen)
+        if where:
+            seen.setdefault(where[-1], []).append(batch.x.detach().clone())
+        return batch
+
+    monkeypatch.setattr(Trainer, "train_epoch", spy_epoch)
+    monkeypatch.setattr(TrainData, "make_batch", spy_batch)
+    args = [*FAST, "--pairs", "resnet8->resnet8", "--methods", "fitnets", "--epochs", "1",
+            "--set", "fitnets.hint_stage_epochs=1", "--out", str(tmp_path)]
+    assert kdbench_main.main(["run", *args]) == 0
+    kd, hint, main = seen[("kd", "main")], seen[("fitnets", "hint")], seen[("fitnets", "main")]
+    assert len(kd) == len(main) == len(hint) > 1
+    assert all(torch.equal(a, b) for a, b in zip(kd, main))
+    assert not torch.equal(hint[0], main[0])  # the pre-stage has a stream of its own
+
+
+def test_a_pre_stage_named_main_is_refused():
+    from harness import build
+    from kdbench.method import Stage
+    from kdbench.train import stage_plan
+
+    method = build("fitnets", overrides={"hint_stage_epochs": 1}).method
+    method.stages = lambda: [Stage(name="main", epochs=1, loss=method.loss)]
+    with pytest.raises(ValueError, match="unique names other than 'main'"):
+        stage_plan(method, 2)
