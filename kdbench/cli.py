@@ -56,7 +56,7 @@ def _verbosity_args(p: argparse.ArgumentParser, top_level: bool = False) -> None
     """-v/-q, accepted before and after the subcommand. Only the top level sets defaults, so
     a subcommand that is given neither flag does not reset what came before it."""
     p.add_argument("-v", "--verbose", action="count", default=0 if top_level else argparse.SUPPRESS,
-                   help="more logging (-vv: per-epoch lines)")
+                   help="debug logging (per-epoch lines, stage plans)")
     p.add_argument("-q", "--quiet", action="store_true", default=False if top_level else argparse.SUPPRESS,
                    help="warnings and results only")
 
@@ -107,7 +107,7 @@ def make_parser() -> argparse.ArgumentParser:
 
 
 def setup_logging(verbose: int, quiet: bool) -> None:
-    level = logging.WARNING if quiet else (logging.DEBUG if verbose >= 2 else logging.INFO)
+    level = logging.WARNING if quiet else (logging.DEBUG if verbose else logging.INFO)
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname).1s %(message)s", "%H:%M:%S"))
     root = logging.getLogger("kdbench")
