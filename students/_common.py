@@ -49,6 +49,18 @@ def run_stage(stage: nn.Sequential, x: Tensor, want_preact: bool) -> tuple[Tenso
     return x, None
 
 
+def run_stages(stages: tuple[nn.Sequential, ...], x: Tensor,
+               want_preact: bool) -> tuple[tuple[Tensor, ...], tuple[Tensor, ...] | None]:
+    """Chain :func:`run_stage` over ``stages``: every stage's output, and with
+    ``want_preact`` every stage's last pre-activation (else ``None``)."""
+    feats, pres = [], []
+    for stage in stages:
+        x, pre = run_stage(stage, x, want_preact)
+        feats.append(x)
+        pres.append(pre)
+    return tuple(feats), (tuple(pres) if want_preact else None)
+
+
 def global_pool(x: Tensor) -> Tensor:
     """Adaptive average pooling to 1x1, flattened to (B, C)."""
     return torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1)

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from kdbench.registry import register_model
 
-from ._common import PreactBlock, TappedNet, conv1x1, conv3x3, global_pool, init_kaiming_fan_out, run_stage
+from ._common import PreactBlock, TappedNet, conv1x1, conv3x3, global_pool, init_kaiming_fan_out, run_stages
 
 __all__ = ["BasicBlock", "Bottleneck", "ResNet"]
 
@@ -121,12 +121,8 @@ class ResNet(TappedNet):
 
     def _run(self, x: Tensor, want_preact: bool):
         stem = F.relu(self.bn1(self.conv1(x)), inplace=True)
-        s1, p1 = run_stage(self.layer1, stem, want_preact)
-        s2, p2 = run_stage(self.layer2, s1, want_preact)
-        s3, p3 = run_stage(self.layer3, s2, want_preact)
-        s4, p4 = run_stage(self.layer4, s3, want_preact)
-        pre = (p1, p2, p3, p4) if want_preact else None
-        return stem, (s1, s2, s3, s4), pre, global_pool(s4)
+        feats, pre = run_stages((self.layer1, self.layer2, self.layer3, self.layer4), stem, want_preact)
+        return stem, feats, pre, global_pool(feats[-1])
 
     def get_bn_before_relu(self) -> tuple[nn.Module, ...]:
         return tuple(layer[-1].last_bn for layer in (self.layer1, self.layer2, self.layer3, self.layer4))
