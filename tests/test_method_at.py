@@ -8,6 +8,7 @@ from kdbench.method import MethodContext, resolve_config
 from kdbench.methods.at import AT
 from kdbench.taps import Outputs, TapInfo
 from harness import CRD_GRID, cifar_info as info
+from naive_ref import naive_common
 
 
 def fake_info(*shapes, kind="cnn") -> TapInfo:
@@ -28,14 +29,6 @@ def outputs(*maps) -> Outputs:
 
 # -- naive reference computations, from REFERENCE.md, with plain loops --------------------
 
-def naive_avg_pool(f, out_h, out_w):
-    """Average pool with integer ratios (the test maps are divisible)."""
-    B, C, H, W = len(f), len(f[0]), len(f[0][0]), len(f[0][0][0])
-    kh, kw = H // out_h, W // out_w
-    return [[[[sum(f[b][c][i * kh + u][j * kw + v] for u in range(kh) for v in range(kw)) / (kh * kw)
-               for j in range(out_w)] for i in range(out_h)] for c in range(C)] for b in range(B)]
-
-
 def naive_attention(f):
     """Per sample: vec(mean_c f²) divided by its Euclidean norm."""
     out = []
@@ -45,16 +38,6 @@ def naive_attention(f):
         norm = math.sqrt(sum(v * v for v in a))
         out.append([v / norm for v in a])
     return out
-
-
-def naive_common(fs, ft):
-    hs, ws, ht, wt = len(fs[0][0]), len(fs[0][0][0]), len(ft[0][0]), len(ft[0][0][0])
-    h, w = min(hs, ht), min(ws, wt)
-    if (hs, ws) != (h, w):
-        fs = naive_avg_pool(fs, h, w)
-    if (ht, wt) != (h, w):
-        ft = naive_avg_pool(ft, h, w)
-    return fs, ft
 
 
 def naive_code(pairs, beta):

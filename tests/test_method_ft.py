@@ -12,6 +12,7 @@ from kdbench.train import configure_stage, set_stage_modes, stage_losses
 
 from harness import build
 from harness import CRD_GRID, cifar_info as info
+from naive_ref import naive_common
 
 
 def fake_info(*shapes, kind="cnn") -> TapInfo:
@@ -33,23 +34,6 @@ def outputs(f) -> Outputs:
 
 
 # -- naive reference computations, from REFERENCE.md, with plain loops --------------------
-
-def naive_avg_pool(f, out_h, out_w):
-    B, C, H, W = len(f), len(f[0]), len(f[0][0]), len(f[0][0][0])
-    kh, kw = H // out_h, W // out_w
-    return [[[[sum(f[b][c][i * kh + u][j * kw + v] for u in range(kh) for v in range(kw)) / (kh * kw)
-               for j in range(out_w)] for i in range(out_h)] for c in range(C)] for b in range(B)]
-
-
-def naive_common(fs, ft):
-    hs, ws, ht, wt = len(fs[0][0]), len(fs[0][0][0]), len(ft[0][0]), len(ft[0][0][0])
-    h, w = min(hs, ht), min(ws, wt)
-    if (hs, ws) != (h, w):
-        fs = naive_avg_pool(fs, h, w)
-    if (ht, wt) != (h, w):
-        ft = naive_avg_pool(ft, h, w)
-    return fs, ft
-
 
 def unit(v):
     n = math.sqrt(sum(x * x for x in v))
