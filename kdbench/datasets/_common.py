@@ -10,6 +10,7 @@ import torch
 from torch import Tensor
 
 from kdbench.data import DatasetError, DatasetSource
+from kdbench.datasets._pickles import load_data_pickle, normalize_keys
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +35,24 @@ def locate_files(source: DatasetSource, folder: Path, files: Iterable[str],
     if lacking:
         raise source.missing(folder / lacking[0], f"{folder} exists but lacks {', '.join(lacking)}")
     return folder
+
+
+def read_pickled_dict(source: DatasetSource, path: Path, kind: str, required: Iterable[str] = ()) -> dict:
+    """The dict pickled in ``path``, keys decoded to ``str``; a malformed-dataset error if the
+    file does not unpickle (``kind`` names what it should be, e.g. "a CIFAR pickle"), holds
+    something else than a dict, or lacks one of the ``required`` keys."""
+    try:
+        obj = load_data_pickle(path)
+    except Exception as exc:  # noqa: BLE001 - truncated/corrupt pickles raise many types
+        raise source.malformed(path, f"cannot unpickle it ({type(exc).__name__}: {exc}); "
+                                     f"the file is truncated or not {kind}") from exc
+    if not isinstance(obj, dict):
+        raise source.malformed(path, f"expected a pickled dict, found {type(obj).__name__}")
+    obj = normalize_keys(obj)
+    for key in required:
+        if key not in obj:
+            raise source.malformed(path, f"no {key!r} entry (keys: {sorted(map(str, obj))})")
+    return obj
 
 
 def torchvision_download(source: DatasetSource, root: Path, class_name: str, **kwargs) -> None:

@@ -30,8 +30,9 @@ import numpy as np
 import torch
 
 from kdbench.data import Augment, DatasetSource, ImageData
-from kdbench.datasets._common import check_labels, expect_count, locate_files, torchvision_download
-from kdbench.datasets._pickles import as_str, load_data_pickle, normalize_keys
+from kdbench.datasets._common import (check_labels, expect_count, locate_files, read_pickled_dict,
+                                      torchvision_download)
+from kdbench.datasets._pickles import as_str
 from kdbench.registry import register_dataset
 from kdbench.spec import Recipe
 
@@ -69,29 +70,14 @@ class _Cifar(DatasetSource):
         log.info("%s: loaded %d train / %d test images from %s", self.name, len(train_y), len(test_y), folder)
         return self.make(train_x, train_y, test_x, test_y, classes)
 
-    def _read_pickle(self, path: Path) -> dict:
-        try:
-            obj = load_data_pickle(path)
-        except Exception as exc:  # noqa: BLE001 - truncated/corrupt pickles raise many types
-            raise self.malformed(path, f"cannot unpickle it ({type(exc).__name__}: {exc}); "
-                                       "the file is truncated or not a CIFAR pickle") from exc
-        if not isinstance(obj, dict):
-            raise self.malformed(path, f"expected a pickled dict, found {type(obj).__name__}")
-        return normalize_keys(obj)
-
     def _read_classes(self, path: Path) -> list[str]:
-        meta = self._read_pickle(path)
-        if self.names_key not in meta:
-            raise self.malformed(path, f"no {self.names_key!r} entry (keys: {sorted(map(str, meta))})")
+        meta = read_pickled_dict(self, path, "a CIFAR pickle", (self.names_key,))
         names = [as_str(n) for n in meta[self.names_key]]
         expect_count(self, path, f"class names in {self.names_key!r}", len(names), self.num_classes)
         return names
 
     def _read_batch(self, path: Path, num_classes: int) -> tuple[np.ndarray, torch.Tensor]:
-        batch = self._read_pickle(path)
-        for key in ("data", self.label_key):
-            if key not in batch:
-                raise self.malformed(path, f"no {key!r} entry (keys: {sorted(map(str, batch))})")
+        batch = read_pickled_dict(self, path, "a CIFAR pickle", ("data", self.label_key))
         data = batch["data"]
         if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != _ROW:
             desc = f"{data.dtype} {data.shape}" if isinstance(data, np.ndarray) else type(data).__name__

@@ -46,9 +46,9 @@ import torch
 from torch import Tensor
 
 from kdbench.data import Augment, DatasetSource, ImageData
-from kdbench.datasets._common import per_class_split
+from kdbench.datasets._common import per_class_split, read_pickled_dict
 from kdbench.datasets._decode import decode_images, list_images
-from kdbench.datasets._pickles import as_str, load_data_pickle, normalize_keys
+from kdbench.datasets._pickles import as_str
 from kdbench.registry import register_dataset
 from kdbench.spec import Recipe
 
@@ -209,17 +209,7 @@ in total 100 classes x 600 images (pooled and re-split 500/100 per class)
         return wnids, torch.cat([t for w in wnids for t in parts.pop(w)])
 
     def _read_pickle(self, path: Path) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        try:
-            obj = load_data_pickle(path)
-        except Exception as exc:  # noqa: BLE001 - truncated/corrupt pickles raise many types
-            raise self.malformed(path, f"cannot unpickle it ({type(exc).__name__}: {exc}); "
-                                       "the file is truncated or not a mini-ImageNet cache") from exc
-        if not isinstance(obj, dict):
-            raise self.malformed(path, f"expected a pickled dict, found {type(obj).__name__}")
-        obj = normalize_keys(obj)
-        for key in ("image_data", "class_dict"):
-            if key not in obj:
-                raise self.malformed(path, f"no {key!r} entry (keys: {sorted(map(str, obj))})")
+        obj = read_pickled_dict(self, path, "a mini-ImageNet cache", ("image_data", "class_dict"))
         data, class_dict = obj["image_data"], obj["class_dict"]
         side = self.image_size
         if not (isinstance(data, np.ndarray) and data.dtype == np.uint8 and data.shape[1:] == (side, side, 3)):
