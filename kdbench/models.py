@@ -2,8 +2,11 @@
 
 Architectures are registered in :data:`kdbench.registry.MODELS` by the modules of
 ``kdbench.students`` (and by plugins); ``timm:<name>`` and ``tv:<name>`` reach timm and
-torchvision through tap adapters. Registration metadata: ``family`` (e.g. ``"resnet"``)
-and ``lightweight`` (MobileNetV2/ShuffleNet: trained with the recipe's lower lr).
+torchvision through tap adapters. Registration metadata: ``family`` (e.g. ``"resnet"``),
+``lightweight`` (MobileNetV2/ShuffleNet: trained with the recipe's lower lr) and
+``version`` (default 1; bumped when a model's parameter names or computation change, so
+that results and cached teachers of the old model are never silently reused: see
+:func:`model_version`).
 """
 from __future__ import annotations
 
@@ -28,6 +31,15 @@ def is_lightweight(name: str) -> bool:
     if name in MODELS:
         return bool(MODELS.meta(name).get("lightweight", False))
     return False
+
+
+def model_version(name: str) -> int:
+    """The version of architecture ``name``: its registered ``version`` metadata, 1 when it
+    has none (``timm:``/``tv:`` names and plugins that do not declare one)."""
+    version = MODELS.meta(name).get("version", 1)
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise ValueError(f"model {name!r} is registered with version={version!r}; a version is an integer >= 1")
+    return version
 
 
 def classifier_parameters(model: nn.Module) -> set[int]:

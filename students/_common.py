@@ -2,7 +2,10 @@
 
 :class:`TappedNet` is the base of every native architecture: subclasses implement
 ``_run(x, want_preact)`` once, and both ``forward`` (logits only) and ``forward_taps``
-(:class:`kdbench.taps.Outputs`) are views of that single pass. Pre-activation maps are
+(:class:`kdbench.taps.Outputs`) are views of that single pass. The final linear layer keeps
+the name the reference implementation gives it (``fc``, ``linear``, ``classifier``,
+``classifier.0``: the class attribute ``head_name``), so state dicts are interchangeable
+with RepDistiller's / mdistiller's; :meth:`TappedNet.get_classifier` finds it by that name. Pre-activation maps are
 references to tensors the pass computes anyway; nothing is recomputed (in particular no
 BatchNorm is ever applied twice, which would update its running statistics twice).
 
@@ -69,28 +72,30 @@ def global_pool(x: Tensor) -> Tensor:
 class TappedNet(nn.Module):
     """Base class: ``forward`` and ``forward_taps`` share one implementation.
 
-    Subclasses set ``self.classifier`` (the final ``nn.Linear``) and implement
-    :meth:`_run` returning ``(stem, stages, preacts or None, embedding)``.
+    Subclasses register the final ``nn.Linear`` under the dotted name ``head_name`` (the
+    reference implementation's: ``"fc"``, ``"linear"``, ``"classifier"`` or
+    ``"classifier.0"``) and implement :meth:`_run` returning
+    ``(stem, stages, preacts or None, embedding)``.
     """
 
     supports_preact: bool = True
     tap_kind: str = "cnn"
-    classifier: nn.Linear
+    head_name: str = "classifier"
 
     def _run(self, x: Tensor, want_preact: bool) -> tuple[Tensor, tuple[Tensor, ...], tuple[Tensor, ...] | None, Tensor]:
         raise NotImplementedError  # pragma: no cover - abstract
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.classifier(self._run(x, False)[3])
+        return self.get_classifier()(self._run(x, False)[3])
 
     def forward_taps(self, x: Tensor, preact: bool = False) -> Outputs:
         """Logits, embedding, stage maps, stem (and pre-activations) of one forward pass."""
         stem, stages, pre, emb = self._run(x, bool(preact) and self.supports_preact)
-        return Outputs(logits=self.classifier(emb), embedding=emb, stages=stages, preact=pre, stem=stem)
+        return Outputs(logits=self.get_classifier()(emb), embedding=emb, stages=stages, preact=pre, stem=stem)
 
     def get_classifier(self) -> nn.Linear:
-        """The final linear layer (timm convention)."""
-        return self.classifier
+        """The final linear layer (timm convention), whatever ``head_name`` calls it."""
+        return self.get_submodule(self.head_name)
 
     def get_bn_before_relu(self) -> tuple[nn.Module, ...]:
         """The BatchNorm layer feeding each stage's final non-linearity (OFD's margins);

@@ -12,9 +12,14 @@ identity shortcut is used when stride 1 and the channel count is unchanged.
 Taps (32x32 input): ``stem`` = conv1 output 16@16; ``stages`` = the outputs after groups
 (0,1), (2), (3,4), (5,6): 12@16, 16@8, 48@4, 160@2; embedding 1280. Stage outputs are
 linear bottlenecks (no final non-linearity), so ``preact`` is the same tensors.
+Module names are the reference's (``conv1.0/1``, ``blocks.<g>.<i>.conv.0..7``,
+``conv2.0/1``, and the classifier ``nn.Linear`` wrapped in an ``nn.Sequential`` as
+``classifier.0``), so RepDistiller's / mdistiller's ``mobile_half`` / ``MobileNetV2``
+checkpoints load as they are (model version 2; version 1 had a bare ``classifier``).
+
 Deviations: adaptive final pooling (RepDistiller uses ``AvgPool2d(input_size // 16,
-ceil_mode=True)``); the classifier is a plain ``nn.Linear`` (not wrapped in a Sequential);
-``in_chans`` configurable.
+ceil_mode=True)``: the same at 32 px, where the last map is 2x2); ``in_chans``
+configurable.
 """
 from __future__ import annotations
 
@@ -74,6 +79,7 @@ class MobileNetV2(TappedNet):
     """MobileNetV2 with expansion ``expansion`` and width multiplier ``width``."""
 
     supports_preact = True  # linear bottlenecks: preact == stages
+    head_name = "classifier.0"
 
     def __init__(self, expansion: int = 6, width: float = 0.5, num_classes: int = 100, in_chans: int = 3):
         super().__init__()
@@ -88,11 +94,11 @@ class MobileNetV2(TappedNet):
                 input_channel = output_channel
             groups.append(nn.Sequential(*layers))
         self.blocks = nn.ModuleList(groups)
-        # RepDistiller keeps 1280 for width <= 1 (and rounds 1280 * width to a multiple of 8 above).
-        self.last_channel = 1280 if width <= 1.0 else _make_divisible(1280 * width, 8)
+        # As the reference: 1280 for width <= 1, int(1280 * width) above.
+        self.last_channel = int(1280 * width) if width > 1.0 else 1280
         self.conv2 = _conv_bn_relu(input_channel, self.last_channel, 1, 1)
         self.num_features = self.last_channel
-        self.classifier = nn.Linear(self.last_channel, num_classes)
+        self.classifier = nn.Sequential(nn.Linear(self.last_channel, num_classes))
         init_normal_fan_out(self)
 
     def _run(self, x: Tensor, want_preact: bool):
@@ -112,14 +118,7 @@ class MobileNetV2(TappedNet):
         return tuple(self.blocks[ids[-1]][-1].conv[-1] for ids in STAGE_GROUPS)
 
 
-def _make_divisible(v: float, divisor: int) -> int:
-    new_v = max(divisor, int(v + divisor / 2) // divisor * divisor)
-    if new_v < 0.9 * v:
-        new_v += divisor
-    return new_v
-
-
-@register_model("mobilenetv2", family="mobilenet", lightweight=True)
+@register_model("mobilenetv2", family="mobilenet", lightweight=True, version=2)
 def mobilenetv2(num_classes: int = 100, in_chans: int = 3, image_size: int = 32) -> MobileNetV2:
     """RepDistiller's ``mobile_half``: expansion 6, width 0.5."""
     return MobileNetV2(expansion=6, width=0.5, num_classes=num_classes, in_chans=in_chans)

@@ -11,10 +11,14 @@ shortcuts where the shape changes, global average pooling and one linear classif
 * ``resnet8x4``, ``resnet32x4``: filters 32/64/128/256 -> stem 32@32, stages 64@32, 128@16,
   256@8, embedding 256.
 
+Module names are RepDistiller's (``conv1``, ``bn1``, ``layer1..3.<i>.conv1/bn1/conv2/bn2``,
+``downsample.0/1``, ``fc``), so its checkpoints load as they are and ours load into its
+code (model version 2; version 1 called the classifier ``classifier``).
+
 Taps: ``stem`` = ReLU(BN(conv1(x))); ``stages`` = the post-ReLU stage outputs;
 ``preact`` = the last block's residual sum before its final ReLU (as RepDistiller's
 ``preact=True``). Deviation: the final pooling is adaptive (any input >= 32 px) instead
-of ``AvgPool2d(8)``; the stem convolution takes ``in_chans`` channels.
+of ``AvgPool2d(8)`` (the same at 32 px); the stem convolution takes ``in_chans`` channels.
 """
 from __future__ import annotations
 
@@ -54,6 +58,7 @@ class CifarResNet(TappedNet):
     """ResNet-(6n+2) for small images; ``filters`` = (stem, stage1, stage2, stage3)."""
 
     supports_preact = True
+    head_name = "fc"
 
     def __init__(
         self,
@@ -78,7 +83,7 @@ class CifarResNet(TappedNet):
             layers.append(nn.Sequential(*blocks))
         self.layer1, self.layer2, self.layer3 = layers
         self.num_features = in_planes
-        self.classifier = nn.Linear(in_planes, num_classes)
+        self.fc = nn.Linear(in_planes, num_classes)
         init_kaiming_fan_out(self)
 
     def _run(self, x: Tensor, want_preact: bool):
@@ -98,46 +103,46 @@ def _make(depth: int, filters: tuple[int, int, int, int], num_classes: int, in_c
     return CifarResNet(depth, filters, num_classes=num_classes, in_chans=in_chans)
 
 
-@register_model("resnet8", family="resnet_cifar", lightweight=False)
+@register_model("resnet8", family="resnet_cifar", lightweight=False, version=2)
 def resnet8(num_classes: int = 100, in_chans: int = 3, image_size: int = 32) -> CifarResNet:
     return _make(8, _SMALL, num_classes, in_chans)
 
 
-@register_model("resnet14", family="resnet_cifar", lightweight=False)
+@register_model("resnet14", family="resnet_cifar", lightweight=False, version=2)
 def resnet14(num_classes: int = 100, in_chans: int = 3, image_size: int = 32) -> CifarResNet:
     return _make(14, _SMALL, num_classes, in_chans)
 
 
-@register_model("resnet20", family="resnet_cifar", lightweight=False)
+@register_model("resnet20", family="resnet_cifar", lightweight=False, version=2)
 def resnet20(num_classes: int = 100, in_chans: int = 3, image_size: int = 32) -> CifarResNet:
     return _make(20, _SMALL, num_classes, in_chans)
 
 
-@register_model("resnet32", family="resnet_cifar", lightweight=False)
+@register_model("resnet32", family="resnet_cifar", lightweight=False, version=2)
 def resnet32(num_classes: int = 100, in_chans: int = 3, image_size: int = 32) -> CifarResNet:
     return _make(32, _SMALL, num_classes, in_chans)
 
 
-@register_model("resnet44", family="resnet_cifar", lightweight=False)
+@register_model("resnet44", family="resnet_cifar", lightweight=False, version=2)
 def resnet44(num_classes: int = 100, in_chans: int = 3, image_size: int = 32) -> CifarResNet:
     return _make(44, _SMALL, num_classes, in_chans)
 
 
-@register_model("resnet56", family="resnet_cifar", lightweight=False)
+@register_model("resnet56", family="resnet_cifar", lightweight=False, version=2)
 def resnet56(num_classes: int = 100, in_chans: int = 3, image_size: int = 32) -> CifarResNet:
     return _make(56, _SMALL, num_classes, in_chans)
 
 
-@register_model("resnet110", family="resnet_cifar", lightweight=False)
+@register_model("resnet110", family="resnet_cifar", lightweight=False, version=2)
 def resnet110(num_classes: int = 100, in_chans: int = 3, image_size: int = 32) -> CifarResNet:
     return _make(110, _SMALL, num_classes, in_chans)
 
 
-@register_model("resnet8x4", family="resnet_cifar", lightweight=False)
+@register_model("resnet8x4", family="resnet_cifar", lightweight=False, version=2)
 def resnet8x4(num_classes: int = 100, in_chans: int = 3, image_size: int = 32) -> CifarResNet:
     return _make(8, _X4, num_classes, in_chans)
 
 
-@register_model("resnet32x4", family="resnet_cifar", lightweight=False)
+@register_model("resnet32x4", family="resnet_cifar", lightweight=False, version=2)
 def resnet32x4(num_classes: int = 100, in_chans: int = 3, image_size: int = 32) -> CifarResNet:
     return _make(32, _X4, num_classes, in_chans)

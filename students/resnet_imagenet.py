@@ -13,6 +13,11 @@ Taps (32x32 input): ``stem`` 64@32; ``stages`` = post-ReLU outputs of layer1..4:
 128@16, 256@8, 512@4 (basic) or 256@32, 512@16, 1024@8, 2048@4 (bottleneck); ``preact`` =
 each stage's last residual sum before its ReLU. Deviations: ``in_chans`` configurable
 (the pooling is adaptive, as in the reference).
+
+Module names are ``resnetv2.py``'s (``conv1``, ``bn1``, ``layer1..4.<i>.conv1..3/bn1..3``,
+``shortcut.0/1``, ``linear``), so RepDistiller's ``ResNet50`` (and ``ResNet18``... of the
+same file) checkpoints load as they are (model version 2; version 1 called the classifier
+``classifier``).
 """
 from __future__ import annotations
 
@@ -95,6 +100,7 @@ class ResNet(TappedNet):
     """Four-stage ResNet with a 3x3 stride-1 stem (no max-pool)."""
 
     supports_preact = True
+    head_name = "linear"
 
     def __init__(
         self,
@@ -116,7 +122,7 @@ class ResNet(TappedNet):
             layers.append(nn.Sequential(*blocks))
         self.layer1, self.layer2, self.layer3, self.layer4 = layers
         self.num_features = in_planes
-        self.classifier = nn.Linear(in_planes, num_classes)
+        self.linear = nn.Linear(in_planes, num_classes)
         init_kaiming_fan_out(self)
 
     def _run(self, x: Tensor, want_preact: bool):
@@ -128,26 +134,26 @@ class ResNet(TappedNet):
         return tuple(layer[-1].last_bn for layer in (self.layer1, self.layer2, self.layer3, self.layer4))
 
 
-@register_model("resnet18", family="resnet_imagenet", lightweight=False)
+@register_model("resnet18", family="resnet_imagenet", lightweight=False, version=2)
 def resnet18(num_classes: int = 100, in_chans: int = 3, image_size: int = 32) -> ResNet:
     return ResNet(BasicBlock, (2, 2, 2, 2), num_classes=num_classes, in_chans=in_chans)
 
 
-@register_model("resnet34", family="resnet_imagenet", lightweight=False)
+@register_model("resnet34", family="resnet_imagenet", lightweight=False, version=2)
 def resnet34(num_classes: int = 100, in_chans: int = 3, image_size: int = 32) -> ResNet:
     return ResNet(BasicBlock, (3, 4, 6, 3), num_classes=num_classes, in_chans=in_chans)
 
 
-@register_model("resnet50", family="resnet_imagenet", lightweight=False)
+@register_model("resnet50", family="resnet_imagenet", lightweight=False, version=2)
 def resnet50(num_classes: int = 100, in_chans: int = 3, image_size: int = 32) -> ResNet:
     return ResNet(Bottleneck, (3, 4, 6, 3), num_classes=num_classes, in_chans=in_chans)
 
 
-@register_model("resnet101", family="resnet_imagenet", lightweight=False)
+@register_model("resnet101", family="resnet_imagenet", lightweight=False, version=2)
 def resnet101(num_classes: int = 100, in_chans: int = 3, image_size: int = 32) -> ResNet:
     return ResNet(Bottleneck, (3, 4, 23, 3), num_classes=num_classes, in_chans=in_chans)
 
 
-@register_model("resnet152", family="resnet_imagenet", lightweight=False)
+@register_model("resnet152", family="resnet_imagenet", lightweight=False, version=2)
 def resnet152(num_classes: int = 100, in_chans: int = 3, image_size: int = 32) -> ResNet:
     return ResNet(Bottleneck, (3, 8, 36, 3), num_classes=num_classes, in_chans=in_chans)

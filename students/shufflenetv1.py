@@ -13,8 +13,12 @@ after the depthwise BN is the reference implementation's; the paper has none.)
 
 Taps (32x32 input): ``stem`` 24@32; ``stages`` = post-ReLU stage outputs 240@16, 480@8,
 960@4; ``preact`` = the last unit of each stage before its final ReLU; embedding 960.
-Deviations: adaptive final pooling (reference: ``avg_pool2d(4)``); ``in_chans``
-configurable.
+Module names are the reference's (``conv1``, ``bn1``, ``layer1..3.<i>.conv1..3/bn1..3``,
+``linear``), so RepDistiller's ``ShuffleV1`` checkpoints load as they are (model version 2;
+version 1 called the classifier ``classifier``).
+
+Deviations: adaptive final pooling (reference: ``avg_pool2d(4)``, the same at 32 px);
+``in_chans`` configurable.
 """
 from __future__ import annotations
 
@@ -59,6 +63,7 @@ class ShuffleNetV1(TappedNet):
     """ShuffleNet-V1 with ``groups`` groups; ``out_planes``/``num_blocks`` per stage."""
 
     supports_preact = True
+    head_name = "linear"
 
     def __init__(
         self,
@@ -85,7 +90,7 @@ class ShuffleNetV1(TappedNet):
             layers.append(nn.Sequential(*units))
         self.layer1, self.layer2, self.layer3 = layers
         self.num_features = in_planes
-        self.classifier = nn.Linear(in_planes, num_classes)
+        self.linear = nn.Linear(in_planes, num_classes)
 
     def _run(self, x: Tensor, want_preact: bool):
         stem = F.relu(self.bn1(self.conv1(x)), inplace=True)
@@ -96,7 +101,7 @@ class ShuffleNetV1(TappedNet):
         return tuple(layer[-1].bn3 for layer in (self.layer1, self.layer2, self.layer3))
 
 
-@register_model("shufflev1", family="shufflenet", lightweight=True)
+@register_model("shufflev1", family="shufflenet", lightweight=True, version=2)
 def shufflev1(num_classes: int = 100, in_chans: int = 3, image_size: int = 32) -> ShuffleNetV1:
     """RepDistiller's ``ShuffleV1``: groups 3, 240/480/960 channels, 4/8/4 units."""
     return ShuffleNetV1(num_classes=num_classes, in_chans=in_chans)

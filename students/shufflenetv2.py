@@ -2,10 +2,10 @@
 Efficient CNN Architecture Design", ECCV 2018), small-input form.
 
 Structure follows RepDistiller's ``models/ShuffleNetv2.py`` (``ShuffleV2``, after
-kuangliu's CIFAR ShuffleNetV2): a 3x3 stride-1 conv-BN-ReLU stem to 24 channels (no
-max-pool), three stages each made of one down-sampling unit followed by 3/7/3 basic units
-(116/232/464 channels), a 1x1 conv-BN-ReLU to 1024 channels, global average pooling and
-a linear classifier. Basic unit: split channels in half; the right half goes 1x1 conv-BN-
+kuangliu's CIFAR ShuffleNetV2): a 1x1 conv-BN-ReLU stem to 24 channels (the reference's
+3x3 stem is commented out; no max-pool), three stages each made of one down-sampling unit
+followed by 3/7/3 basic units (116/232/464 channels), a 1x1 conv-BN-ReLU to 1024
+channels, global average pooling and a linear classifier. Basic unit: split channels in half; the right half goes 1x1 conv-BN-
 ReLU, 3x3 depthwise conv-BN, 1x1 conv-BN-ReLU; concatenate with the left half; shuffle
 (2 groups). Down-sampling unit: left = 3x3 depthwise stride-2 conv-BN, 1x1 conv-BN-ReLU;
 right = 1x1 conv-BN-ReLU, 3x3 depthwise stride-2 conv-BN, 1x1 conv-BN-ReLU; concatenate;
@@ -21,7 +21,14 @@ The left half is an output of earlier ReLUs moved only by split/concat/shuffle, 
 non-negative, so forward values and gradients are identical; the benefit is that the
 pre-activation tap is a tensor of the pass, in the same channel order as the stage
 (RepDistiller returns ``cat(left, bn3(...))`` unshuffled, computed by an extra concat).
-Adaptive final pooling (reference: ``avg_pool2d(4)``); ``in_chans`` configurable.
+Adaptive final pooling (reference: ``avg_pool2d(4)``, the same at 32 px); ``in_chans``
+configurable.
+
+Module names are the reference's (``conv1``, ``bn1``, ``layer1..3.0.conv1..5/bn1..5`` for
+the down-sampling unit, ``layer1..3.<i>.conv1..3/bn1..3``, ``conv2``, ``bn2``, ``linear``),
+so RepDistiller's / mdistiller's ``ShuffleV2`` checkpoints load as they are and give the
+same logits. Model version 2; version 1 had a 3x3 stem and called the classifier
+``classifier``.
 """
 from __future__ import annotations
 
@@ -101,11 +108,12 @@ class ShuffleNetV2(TappedNet):
     """ShuffleNetV2 of ``net_size`` (0.5, 1, 1.5, 2)."""
 
     supports_preact = True
+    head_name = "linear"
 
     def __init__(self, net_size: float = 1.0, num_classes: int = 100, in_chans: int = 3):
         super().__init__()
         out_channels, num_blocks = CONFIGS[float(net_size)]
-        self.conv1 = nn.Conv2d(in_chans, 24, kernel_size=3, stride=1, padding=1, bias=False)
+        self.conv1 = conv1x1(in_chans, 24)
         self.bn1 = nn.BatchNorm2d(24)
         in_channels = 24
         layers = []
@@ -116,7 +124,7 @@ class ShuffleNetV2(TappedNet):
         self.conv2 = conv1x1(in_channels, out_channels[3])
         self.bn2 = nn.BatchNorm2d(out_channels[3])
         self.num_features = out_channels[3]
-        self.classifier = nn.Linear(out_channels[3], num_classes)
+        self.linear = nn.Linear(out_channels[3], num_classes)
 
     def _run(self, x: Tensor, want_preact: bool):
         stem = F.relu(self.bn1(self.conv1(x)), inplace=True)
@@ -129,7 +137,7 @@ class ShuffleNetV2(TappedNet):
         return tuple(layer[-1].bn3 for layer in (self.layer1, self.layer2, self.layer3))
 
 
-@register_model("shufflev2", family="shufflenet", lightweight=True)
+@register_model("shufflev2", family="shufflenet", lightweight=True, version=2)
 def shufflev2(num_classes: int = 100, in_chans: int = 3, image_size: int = 32) -> ShuffleNetV2:
     """RepDistiller's ``ShuffleV2`` (net size 1): 116/232/464 channels, 1024 before the head."""
     return ShuffleNetV2(1.0, num_classes=num_classes, in_chans=in_chans)
