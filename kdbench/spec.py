@@ -41,6 +41,9 @@ class Recipe:
     lr_milestones: tuple[float, ...] = (0.625, 0.75, 0.875)
     lr_decay: float = 0.1
     amp: bool = False
+    #: training augmentation + normalisation: "crop" (the dataset's padded random crop + flip)
+    #: or "rotate" (random rotation ±20° + flip, mdistiller's Tiny-ImageNet pipeline); see kdbench.data
+    augment: str = "crop"
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
@@ -49,6 +52,8 @@ class Recipe:
             raise ValueError(f"recipe batch_size must be >= 2, got {self.batch_size}")
         if any(not 0 < m <= 1 for m in self.lr_milestones):
             raise ValueError(f"lr_milestones are fractions of the epochs in (0, 1], got {self.lr_milestones}")
+        if self.augment not in ("crop", "rotate"):
+            raise ValueError(f"recipe augment must be 'crop' or 'rotate', got {self.augment!r}")
 
     def lr_for(self, lightweight: bool) -> float:
         return self.lr_lightweight if lightweight else self.lr
