@@ -2,10 +2,21 @@
 
 Every dataset loader returns an :class:`ImageData`: the train and test images as uint8
 ``N×C×H×W`` tensors with int64 labels. Training batches are cut from that tensor and
-augmented as a whole batch with tensor ops (random crop with zero padding, horizontal
-flip) on the training device — far cheaper than per-sample PIL transforms, and
-deterministic under a seed: the order and augmentation of epoch ``e`` depend only on
-``(seed, stage, e)``, so a run resumed from an epoch checkpoint replays exactly.
+augmented as a whole batch with tensor ops (random rotation, random crop with zero
+padding, horizontal flip) on the training device — far cheaper than per-sample PIL
+transforms, and deterministic under a seed: the order and augmentation of epoch ``e``
+depend only on ``(seed, stage, e)``, so a run resumed from an epoch checkpoint replays
+exactly.
+
+Which augmentation and normalisation a run uses is part of its recipe
+(:attr:`kdbench.spec.Recipe.augment`, hence of its key): ``"crop"`` (the dataset's padded
+random crop + flip) or ``"rotate"`` (random rotation + flip, mdistiller's Tiny-ImageNet
+pipeline). Each dataset maps both names to a :class:`Pipeline` (augmentation, mean, std);
+:meth:`ImageData.for_recipe` selects one.
+
+Data errors (:class:`DatasetError`) are built by :meth:`DatasetSource.missing` and
+:meth:`DatasetSource.malformed`: what is wrong and where, the expected layout, and — always
+last — how to get a good copy.
 
 A method that needs more from the data (CRD's negatives, CCD's second view) wraps the
 :class:`TrainData` through ``Method.wrap_train_dataset`` and overrides
@@ -16,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,13 +55,51 @@ def data_root(explicit: str | os.PathLike | None = None) -> Path:
     return Path(env).expanduser() if env else DEFAULT_DATA_ROOT.expanduser()
 
 
+#: The recipe's ``augment`` choices (:attr:`kdbench.spec.Recipe.augment` validates the same names).
+AUGMENT_CHOICES = ("crop", "rotate")
+#: Range of the ``"rotate"`` choice: mdistiller's Tiny-ImageNet ``transforms.RandomRotation(20)``.
+ROTATE_DEGREES = 20.0
+
+
 @dataclass(frozen=True)
 class Augment:
-    """Batched training augmentation: random crop of the original size from a zero-padded
-    image (torchvision's ``RandomCrop(size, padding=pad)``) and horizontal flip."""
+    """Batched training augmentation, applied in this order (torchvision equivalents):
+
+    * ``rotate_degrees > 0``: random rotation by an angle uniform in ``[-d, d]`` degrees
+      about the image centre, nearest neighbour, zero fill, same size
+      (``RandomRotation(d)`` with its defaults);
+    * ``crop_padding > 0``: random crop of the original size from a zero-padded image
+      (``RandomCrop(size, padding=pad)``);
+    * ``hflip``: horizontal flip with probability 0.5 (``RandomHorizontalFlip()``).
+    """
 
     crop_padding: int = 4
     hflip: bool = True
+    rotate_degrees: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.crop_padding < 0:
+            raise ValueError(f"Augment crop_padding must be >= 0, got {self.crop_padding}")
+        if not 0 <= self.rotate_degrees <= 180:
+            raise ValueError(f"Augment rotate_degrees must be in [0, 180], got {self.rotate_degrees}")
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    """What one recipe ``augment`` choice means for a dataset: its batched training
+    augmentation and the normalisation of train and test inputs."""
+
+    augment: Augment
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+
+def default_pipelines(augment: Augment, mean: tuple[float, ...], std: tuple[float, ...]) -> dict[str, Pipeline]:
+    """Both recipe choices for a dataset whose standard pipeline is ``augment`` + ``mean``/``std``:
+    ``"crop"`` is exactly that; ``"rotate"`` replaces the crop by a ±:data:`ROTATE_DEGREES`
+    rotation, keeps the dataset's flip setting and its normalisation."""
+    rotate = Augment(crop_padding=0, hflip=augment.hflip, rotate_degrees=ROTATE_DEGREES)
+    return {"crop": Pipeline(augment, tuple(mean), tuple(std)), "rotate": Pipeline(rotate, tuple(mean), tuple(std))}
 
 
 @dataclass
@@ -65,21 +115,40 @@ class ImageData:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     augment: Augment = field(default_factory=Augment)
+    #: the recipe ``augment`` choices (see :func:`default_pipelines`); missing ones are
+    #: filled from ``augment``/``mean``/``std`` as the ``"crop"`` pipeline
+    pipelines: dict[str, Pipeline] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for split in ("train", "test"):
             x, y = getattr(self, f"{split}_images"), getattr(self, f"{split}_labels")
             if x.dtype != torch.uint8 or x.dim() != 4:
-                raise DatasetError(f"{self.name}: {split} images must be uint8 N×C×H×W, got {x.dtype} {tuple(x.shape)}")
+                raise self._contract_error(f"{split} images must be uint8 N×C×H×W, got {x.dtype} {tuple(x.shape)}")
             if y.shape != (x.shape[0],):
-                raise DatasetError(f"{self.name}: {split} has {x.shape[0]} images but {tuple(y.shape)} labels")
+                raise self._contract_error(f"{split} has {x.shape[0]} images but {tuple(y.shape)} labels")
             if len(y) and (int(y.min()) < 0 or int(y.max()) >= len(self.classes)):
-                raise DatasetError(f"{self.name}: {split} labels outside [0, {len(self.classes)})")
+                raise self._contract_error(f"{split} labels outside [0, {len(self.classes)})")
         if self.train_images.shape[1:] != self.test_images.shape[1:]:
-            raise DatasetError(
-                f"{self.name}: train images {tuple(self.train_images.shape[1:])} and test images "
-                f"{tuple(self.test_images.shape[1:])} differ in shape"
-            )
+            raise self._contract_error(f"train images {tuple(self.train_images.shape[1:])} and test images "
+                                       f"{tuple(self.test_images.shape[1:])} differ in shape")
+        self.pipelines = {**default_pipelines(self.augment, self.mean, self.std), **self.pipelines}
+
+    def _contract_error(self, problem: str) -> DatasetError:
+        """An inconsistent loader result: the loader, not the files, needs fixing."""
+        return DatasetError(f"dataset {self.name!r}: {problem}\n"
+                            f"how to fix it: this is a bug in the loader of {self.name!r} (its load() must return "
+                            "uint8 N×C×H×W images of one shape and one int64 label in [0, classes) per image); "
+                            "report it to the dataset's author")
+
+    def for_recipe(self, recipe: Recipe) -> "ImageData":
+        """This data with the augmentation and normalisation that ``recipe.augment`` selects
+        (the tensors are shared, not copied)."""
+        if recipe.augment not in self.pipelines:
+            raise DatasetError(f"dataset {self.name!r} has no {recipe.augment!r} pipeline (it has "
+                               f"{sorted(self.pipelines)})\nhow to fix it: set the recipe's augment to one of "
+                               f"{sorted(self.pipelines)} (grid file: recipe: {{augment: crop}})")
+        chosen = self.pipelines[recipe.augment]
+        return dataclasses.replace(self, augment=chosen.augment, mean=chosen.mean, std=chosen.std)
 
     @property
     def num_classes(self) -> int:
@@ -127,14 +196,47 @@ def epoch_generator(seed: int, stage: int, epoch: int) -> torch.Generator:
     return g
 
 
-def random_crop_flip(x: Tensor, augment: Augment, gen: torch.Generator) -> Tensor:
-    """Random crop (zero padding ``augment.crop_padding``) and horizontal flip of a uint8
-    batch ``B×C×H×W``, as whole-batch tensor ops on ``x``'s device.
+def rotate_batch(x: Tensor, angles: Tensor) -> Tensor:
+    """Each image of the batch ``x`` (``B×C×H×W``, any dtype) rotated counter-clockwise by
+    its angle in degrees (``angles``, ``B`` values) about the image centre.
 
-    Random numbers come from the CPU generator ``gen`` so that CPU and CUDA runs see the
-    same crops; only the (tiny) offset vectors cross to the device.
+    The semantics of ``torchvision.transforms.functional.rotate(img, angle)`` with its
+    defaults (and so of ``RandomRotation``): nearest neighbour, output of the input size,
+    zero where the source falls outside the image. Output pixel centre ``p`` (relative to
+    the image centre, y pointing down) takes the input pixel nearest to ``R(-angle)·p``,
+    found with :func:`torch.nn.functional.affine_grid` / ``grid_sample``. Equal to
+    torchvision's rotate on tensors (tested); where a source lies exactly halfway between
+    two pixels (±90° on an image with one odd and one even side) either may be taken, and
+    PIL images (what torchvision's RandomRotation rotates in a PIL pipeline) differ in the
+    odd near-tie pixel (≤ 0.2 % of a 64×64 image, tested).
     """
     b, c, h, w = x.shape
+    rad = angles.to(device=x.device, dtype=torch.float32).view(b) * (math.pi / 180.0)
+    cos, sin = torch.cos(rad), torch.sin(rad)
+    zero = torch.zeros_like(cos)
+    # normalised coordinates (x/(w/2), y/(h/2)): the aspect ratio enters the off-diagonal terms
+    theta = torch.stack([torch.stack([cos, -sin * (h / w), zero], dim=1),
+                         torch.stack([sin * (w / h), cos, zero], dim=1)], dim=1)
+    grid = torch.nn.functional.affine_grid(theta, [b, c, h, w], align_corners=False)
+    out = torch.nn.functional.grid_sample(x.float(), grid, mode="nearest", padding_mode="zeros", align_corners=False)
+    return out.to(x.dtype)  # nearest copies input values: exact for uint8
+
+
+def augment_batch(x: Tensor, augment: Augment, gen: torch.Generator) -> Tensor:
+    """``augment`` applied to a uint8 batch ``B×C×H×W`` as whole-batch tensor ops on ``x``'s
+    device: random rotation, random crop (zero padding ``augment.crop_padding``) and
+    horizontal flip, each only if enabled (see :class:`Augment`).
+
+    Random numbers come from the CPU generator ``gen``, drawn in this order: angles (``B``),
+    crop offsets (``2×B``), flip coins (``B``); a disabled step draws nothing. CPU and CUDA
+    runs therefore see the same augmentation; only the (tiny) random vectors cross to the
+    device.
+    """
+    b, c, h, w = x.shape
+    if augment.rotate_degrees > 0:
+        d = float(augment.rotate_degrees)
+        angles = torch.rand(b, generator=gen, dtype=torch.float64) * (2 * d) - d
+        x = rotate_batch(x, angles)
     pad = augment.crop_padding
     if pad > 0:
         offsets = torch.randint(0, 2 * pad + 1, (2, b), generator=gen).to(x.device, non_blocking=True)
@@ -147,6 +249,10 @@ def random_crop_flip(x: Tensor, augment: Augment, gen: torch.Generator) -> Tenso
         flip = (torch.rand(b, generator=gen) < 0.5).to(x.device, non_blocking=True)
         x = torch.where(flip.view(b, 1, 1, 1), x.flip(3), x)
     return x.contiguous()
+
+
+#: The name methods import (CCD's second view); it applies the whole :class:`Augment`.
+random_crop_flip = augment_batch
 
 
 class Normalizer:
@@ -200,7 +306,7 @@ class TrainData:
 
     def augmented_uint8(self, idx_cpu: Tensor, gen: torch.Generator) -> Tensor:
         """The standard-augmented uint8 batch for these indices (before normalisation)."""
-        return random_crop_flip(self.images[idx_cpu.to(self.device)], self.augment, gen)
+        return augment_batch(self.images[idx_cpu.to(self.device)], self.augment, gen)
 
     def make_batch(self, idx_cpu: Tensor, gen: torch.Generator) -> Batch:
         x = self.normalize(self.augmented_uint8(idx_cpu, gen), self.memory_format)
@@ -268,6 +374,9 @@ class DatasetSource:
     layout: str = ""
     #: how to obtain the data, shown in errors
     obtain: str = ""
+    #: the archive the files are extracted from (e.g. ``tiny-imagenet-200.zip``), named in
+    #: the remedy of a damaged copy; empty when there is none
+    archive: str = ""
     can_download: bool = False
 
     def load(self, root: Path, download: bool = False) -> ImageData:
@@ -276,22 +385,51 @@ class DatasetSource:
     def describe(self) -> str:
         return f"{self.num_classes} classes, {self.image_size}×{self.image_size}"
 
+    def pipelines(self) -> dict[str, Pipeline]:
+        """The recipe ``augment`` choices for this dataset (default: :func:`default_pipelines`
+        of its ``augment``, ``mean`` and ``std``); a dataset whose choices also change the
+        normalisation overrides this."""
+        return default_pipelines(self.augment, self.mean, self.std)
+
     def missing(self, looked_at: Path, detail: str = "") -> DatasetError:
         """The standard 'not found' error: where we looked, the layout, how to get it."""
-        lines = [f"dataset {self.name!r} not found: looked at {looked_at}" + (f" ({detail})" if detail else ""),
-                 f"expected layout under the data root (--data-root or $KDBENCH_DATA, default {DEFAULT_DATA_ROOT}):",
-                 *("    " + line for line in self.layout.strip().splitlines())]
+        head = f"dataset {self.name!r} not found: looked at {looked_at}" + (f" ({detail})" if detail else "")
+        title = f"expected layout under the data root (--data-root or $KDBENCH_DATA, default {DEFAULT_DATA_ROOT}):"
+        remedy = []
         if self.obtain:
-            lines.append("how to obtain it: " + self.obtain)
+            remedy.append("how to obtain it: " + self.obtain)
         if self.can_download:
-            lines.append("or re-run with --download to let torchvision fetch it.")
-        return DatasetError("\n".join(lines))
+            remedy.append("or re-run with --download to let torchvision fetch it.")
+        return self._error(head, title, remedy)
 
-    def malformed(self, path: Path, problem: str) -> DatasetError:
-        return DatasetError(f"dataset {self.name!r} at {path} is malformed: {problem}\nexpected layout:\n"
-                            + "\n".join("    " + line for line in self.layout.strip().splitlines()))
+    def malformed(self, path: Path, problem: str, remedy: str | None = None) -> DatasetError:
+        """The standard 'damaged data' error: the file or folder, what is wrong with it, the
+        layout, and how to replace it with a good copy (``remedy``, default :meth:`repair`)."""
+        head = f"dataset {self.name!r} at {path} is malformed: {problem}"
+        return self._error(head, "expected layout:", [remedy or self.repair(path)])
+
+    def repair(self, path: Path) -> str:
+        """How to replace damaged data at ``path`` with a good copy (the last line of
+        :meth:`malformed`): delete it (unless it is already gone), then extract it again
+        from :attr:`archive`, or let ``--download`` fetch it where torchvision can, or
+        obtain it as :attr:`obtain` says."""
+        text = f"how to fix it: delete {path}, then " if path.exists() else f"how to fix it: restore {path}: "
+        if self.archive:
+            text += f"extract it again from {self.archive}"
+            text += f" (if the archive is damaged too: {self.obtain})" if self.obtain else ""
+        else:
+            text += f"put a good copy in its place ({self.obtain})" if self.obtain else "put a good copy in its place"
+        if self.can_download:
+            text += "; or, with it deleted, re-run with --download (torchvision downloads the archive, checks its MD5 " \
+                    "and extracts it)"
+        return text + "."
+
+    def _error(self, head: str, layout_title: str, remedy: list[str]) -> DatasetError:
+        """One data error: ``head``, the expected layout, then the remedy lines (always last)."""
+        layout = ["    " + line for line in self.layout.strip().splitlines()]
+        return DatasetError("\n".join([head, *([layout_title, *layout] if layout else []), *remedy]))
 
     def make(self, train_images: Tensor, train_labels: Tensor, test_images: Tensor, test_labels: Tensor,
              classes: list[str]) -> ImageData:
         return ImageData(self.name, train_images, train_labels, test_images, test_labels, list(classes),
-                         tuple(self.mean), tuple(self.std), self.augment)
+                         tuple(self.mean), tuple(self.std), self.augment, self.pipelines())

@@ -12,8 +12,10 @@ from their published descriptions, independently of the loaders:
   pixels of a JPEG are what PIL decodes from the written bytes.
 
 Use the loaders with small expectations, e.g. ``Cifar10(expected_train=fake.n_train,
-expected_test=fake.n_test)``, and set ``$KDBENCH_CACHE`` to a temporary folder so the
-decoded-image cache stays out of the home directory.
+expected_test=fake.n_test)`` or ``TinyImageNet(num_classes=3, train_per_class=3,
+val_per_class=2)`` (the registered datasets keep the real counts), and set
+``$KDBENCH_CACHE`` to a temporary folder so the decoded-image cache stays out of the home
+directory.
 """
 from __future__ import annotations
 

@@ -1,7 +1,14 @@
-"""The batched tensor augmentation and batching, checked against naive per-sample code."""
+"""The batched tensor augmentation and batching, checked against naive per-sample code
+and (rotation) against torchvision's own ``rotate``."""
+import numpy as np
+import pytest
 import torch
+import torchvision.transforms.functional as TF
+from PIL import Image
 
-from kdbench.data import Augment, EvalData, ImageData, Normalizer, TrainData, epoch_generator, random_crop_flip
+from kdbench.data import (Augment, DatasetError, EvalData, ImageData, Normalizer, TrainData, augment_batch,
+                          epoch_generator, random_crop_flip, rotate_batch)
+from kdbench.spec import Recipe
 
 
 def naive_crop_flip(img: torch.Tensor, pad: int, dy: int, dx: int, flip: bool) -> torch.Tensor:
@@ -80,3 +87,101 @@ def test_eval_data_is_ordered_and_complete():
     assert [len(b) for b in batches] == [3, 3, 1]
     assert torch.cat([b.index for b in batches]).tolist() == list(range(7))
     assert torch.equal(torch.cat([b.y for b in batches]), d.test_labels)
+
+
+# -- rotation (the recipe's augment="rotate": mdistiller's RandomRotation(20) + flip) ----------
+ANGLES = [0.0, 90.0, -90.0, 180.0, 13.7, -19.2, 7.3, 20.0]
+
+
+@pytest.mark.parametrize("size", [(16, 16), (9, 13), (12, 8)], ids=str)
+def test_rotate_batch_equals_torchvision_rotate_on_tensors(size):
+    """torchvision's rotate(img, angle) defaults: counter-clockwise, nearest, same size, zero fill.
+    (Sides of one parity: with one odd and one even side, ±90° puts sources exactly halfway
+    between two pixels, and either is "nearest".)"""
+    g = torch.Generator().manual_seed(1)
+    x = torch.randint(1, 256, (len(ANGLES), 3, *size), dtype=torch.uint8, generator=g)  # no zeros: fill shows
+    out = rotate_batch(x, torch.tensor(ANGLES))
+    assert out.dtype == torch.uint8 and out.shape == x.shape
+    for img, rotated, angle in zip(x, out, ANGLES):
+        assert torch.equal(rotated, TF.rotate(img, angle)), angle
+
+
+def test_rotate_batch_matches_torchvision_on_pil_images_up_to_rounding_ties():
+    """On PIL images (what mdistiller's loader rotates) the nearest source pixel can differ
+    where the exact source position is a rounding tie: at most 0.2 % of the pixels."""
+    g = torch.Generator().manual_seed(2)
+    x = torch.randint(0, 256, (len(ANGLES), 3, 64, 64), dtype=torch.uint8, generator=g)
+    out = rotate_batch(x, torch.tensor(ANGLES))
+    for img, rotated, angle in zip(x, out, ANGLES):
+        pil = TF.rotate(Image.fromarray(img.permute(1, 2, 0).numpy()), angle)
+        ref = torch.from_numpy(np.array(pil)).permute(2, 0, 1)
+        assert (ref != rotated).any(0).float().mean() <= 0.002, angle
+
+
+def test_rotate_batch_by_hand():
+    """A 90° counter-clockwise turn moves the top-right pixel to the top-left; 45° leaves
+    the corners (outside the rotated square) zero."""
+    x = torch.zeros(1, 1, 5, 5, dtype=torch.uint8)
+    x[0, 0, 0, 4] = 200
+    x[0, 0, 2, 2] = 7
+    out = rotate_batch(x, torch.tensor([90.0]))[0, 0]
+    assert out[0, 0] == 200 and out[2, 2] == 7 and int(out.sum()) == 207
+    ones = torch.full((1, 1, 9, 9), 255, dtype=torch.uint8)
+    turned = rotate_batch(ones, torch.tensor([45.0]))[0, 0]
+    assert turned[0, 0] == turned[0, 8] == turned[8, 0] == turned[8, 8] == 0 and turned[4, 4] == 255
+
+
+def test_augment_batch_rotation_replays_angles_then_flips():
+    """Draw order: B angles uniform in [-d, d], then (no crop) B flip coins."""
+    x = torch.randint(0, 256, (6, 3, 10, 10), dtype=torch.uint8)
+    aug = Augment(crop_padding=0, hflip=True, rotate_degrees=20.0)
+    out = augment_batch(x, aug, epoch_generator(5, 0, 2))
+    g = epoch_generator(5, 0, 2)
+    angles = torch.rand(6, generator=g, dtype=torch.float64) * 40.0 - 20.0
+    flips = torch.rand(6, generator=g) < 0.5
+    assert angles.abs().max() <= 20.0 and 0 < int(flips.sum()) < 6
+    for b in range(6):
+        expected = TF.rotate(x[b], float(angles[b]))
+        expected = expected.flip(2) if flips[b] else expected
+        assert torch.equal(out[b], expected), b
+    assert torch.equal(out, augment_batch(x, aug, epoch_generator(5, 0, 2)))  # deterministic per epoch
+    assert not torch.equal(out, augment_batch(x, aug, epoch_generator(5, 0, 3)))
+
+
+def test_crop_flip_draws_are_unchanged_without_rotation():
+    """rotate_degrees=0 draws no angles: crop recipes replay exactly what they did before."""
+    x = torch.randint(0, 256, (5, 3, 8, 8), dtype=torch.uint8)
+    aug = Augment(crop_padding=2, hflip=True)
+    assert random_crop_flip is augment_batch
+    g = epoch_generator(1, 0, 1)
+    offsets = torch.randint(0, 5, (2, 5), generator=g)
+    flips = torch.rand(5, generator=g) < 0.5
+    out = augment_batch(x, aug, epoch_generator(1, 0, 1))
+    for b in range(5):
+        assert torch.equal(out[b], naive_crop_flip(x[b], 2, int(offsets[0, b]), int(offsets[1, b]), bool(flips[b])))
+
+
+def test_augment_rejects_bad_values():
+    with pytest.raises(ValueError, match="rotate_degrees must be in \\[0, 180\\], got -5"):
+        Augment(rotate_degrees=-5)
+    with pytest.raises(ValueError, match="crop_padding must be >= 0, got -1"):
+        Augment(crop_padding=-1)
+
+
+def test_for_recipe_selects_pipeline_and_train_data_uses_it():
+    d = _data(10)
+    assert d.for_recipe(Recipe()).augment == d.augment == Augment(1, True)
+    rot = d.for_recipe(Recipe(augment="rotate"))
+    assert rot.augment == Augment(crop_padding=0, hflip=True, rotate_degrees=20.0)
+    assert (rot.mean, rot.std) == (d.mean, d.std) and rot.train_images is d.train_images
+    td = TrainData(rot, batch_size=4, device=torch.device("cpu"), seed=0)
+    idx = torch.arange(4)
+    expected = augment_batch(d.train_images[idx], rot.augment, epoch_generator(0, 0, 1))
+    assert torch.equal(td.augmented_uint8(idx, epoch_generator(0, 0, 1)), expected)
+
+
+def test_for_recipe_unknown_pipeline_says_what_exists():
+    d = _data(4)
+    d.pipelines.pop("rotate")
+    with pytest.raises(DatasetError, match=r"has no 'rotate' pipeline \(it has \['crop'\]\)(.|\n)*how to fix it"):
+        d.for_recipe(Recipe(augment="rotate"))

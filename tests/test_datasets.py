@@ -346,7 +346,7 @@ def test_stl10_missing(tmp_path):
 
 # -- Tiny-ImageNet ----------------------------------------------------------------------
 def small_tiny(**kw) -> TinyImageNet:
-    return TinyImageNet(num_classes=3, expected_train=9, expected_test=6, **kw)
+    return TinyImageNet(num_classes=3, train_per_class=3, val_per_class=2, **kw)
 
 
 def test_tiny_imagenet_loads(tmp_path):
@@ -360,7 +360,7 @@ def test_tiny_imagenet_loads(tmp_path):
     assert data.test_labels.tolist() == f.test_labels.tolist()
     gray = data.train_images[1]  # written as a grayscale JPEG
     assert torch.equal(gray[0], gray[1]) and torch.equal(gray[1], gray[2])
-    assert data.augment == Augment(crop_padding=8, hflip=True)
+    assert data.augment == Augment(crop_padding=4, hflip=True)
 
 
 def test_tiny_imagenet_without_words_uses_wnids(tmp_path):
@@ -383,11 +383,88 @@ def test_tiny_imagenet_orientation(tmp_path):
 
 
 def test_tiny_imagenet_default_counts_reject_tiny_set(tmp_path):
-    fake.write_tiny_imagenet(tmp_path)
+    f = fake.write_tiny_imagenet(tmp_path)
     with pytest.raises(DatasetError, match=r"expected 200 class wnids, found 3"):
         get_dataset("tiny_imagenet").load(tmp_path)
-    with pytest.raises(DatasetError, match=r"expected 100000 training images, found 9"):
+    first = f.extra["wnids"][0]
+    with pytest.raises(DatasetError, match=rf"class {first} has 3 training images, expected 500 in every class; "
+                                           r"2 more class\(es\)"):
         TinyImageNet(num_classes=3).load(tmp_path)
+    with pytest.raises(DatasetError, match=rf"class {first} has 2 annotated validation images, expected 50"):
+        TinyImageNet(num_classes=3, train_per_class=3).load(tmp_path)
+
+
+def test_tiny_imagenet_short_class_with_matching_total(tmp_path):
+    """An empty class folder is an error naming the class, although 3 classes x 3 = 9 images are there."""
+    f = fake.write_tiny_imagenet(tmp_path, num_classes=3, train_per_class=3)
+    empty, full = f.extra["wnids"][0], f.extra["wnids"][1]
+    for i, path in enumerate(sorted((f.path / "train" / empty / "images").iterdir())):
+        path.rename(f.path / "train" / full / "images" / f"moved_{i}.JPEG")
+    assert sum(1 for _ in (f.path / "train").glob("*/images/*.JPEG")) == 9  # the total still matches
+    with pytest.raises(DatasetError) as err:
+        small_tiny().load(tmp_path)
+    msg = str(err.value)
+    assert str(f.path / "train" / empty / "images") in msg
+    assert f"class {empty} has 0 training images, expected 3 in every class" in msg
+    assert f"1 more class(es) with another count ({full}: 6)" in msg
+
+
+def test_tiny_imagenet_val_per_class(tmp_path):
+    """50 validation images per class: a relabelled annotation line is an error naming both classes."""
+    f = fake.write_tiny_imagenet(tmp_path, num_classes=3, val_per_class=2)
+    ann = f.path / "val" / "val_annotations.txt"
+    lines = ann.read_text().splitlines()
+    a, b = f.extra["wnids"][0], f.extra["wnids"][2]
+    k = next(i for i, line in enumerate(lines) if line.split("\t")[1] == a)
+    lines[k] = lines[k].replace(f"\t{a}\t", f"\t{b}\t")
+    ann.write_text("\n".join(lines) + "\n")
+    with pytest.raises(DatasetError) as err:
+        small_tiny().load(tmp_path)
+    msg = str(err.value)
+    assert str(ann) in msg and f"class {a} has 1 annotated validation images, expected 2 in every class" in msg
+    assert f"({b}: 3)" in msg
+
+
+def test_tiny_imagenet_unannotated_validation_image(tmp_path):
+    f = fake.write_tiny_imagenet(tmp_path)
+    extra = f.path / "val" / "images" / "val_99.JPEG"
+    extra.write_bytes((f.path / "val" / "images" / "val_0.JPEG").read_bytes())
+    with pytest.raises(DatasetError, match=r"1 image\(s\) have no line in val_annotations.txt, e.g. val_99.JPEG"):
+        small_tiny().load(tmp_path)
+
+
+def test_tiny_imagenet_pipelines(tmp_path):
+    """The recipe's augment selects crop (default, training-set std) or mdistiller's rotation + std."""
+    fake.write_tiny_imagenet(tmp_path)
+    data = small_tiny().load(tmp_path)
+    assert get_dataset("tiny_imagenet").recipe.augment == "crop"
+    crop = data.for_recipe(Recipe())
+    assert crop.augment == Augment(crop_padding=4, hflip=True, rotate_degrees=0.0)
+    assert crop.mean == (0.4802, 0.4481, 0.3975) and crop.std == (0.2770, 0.2691, 0.2821)
+    rot = data.for_recipe(Recipe(augment="rotate"))
+    assert rot.augment == Augment(crop_padding=0, hflip=True, rotate_degrees=20.0)
+    assert rot.mean == (0.4802, 0.4481, 0.3975) and rot.std == (0.2302, 0.2265, 0.2262)
+    assert rot.train_images is data.train_images  # shared, not copied
+    assert rot.for_recipe(Recipe()).std == crop.std  # back and forth
+
+
+def test_recipe_rotate_keeps_other_datasets_statistics(tmp_path):
+    fake.write_cifar10(tmp_path, per_batch=1, n_test=1)
+    data = Cifar10(expected_train=5, expected_test=1).load(tmp_path)
+    rot = data.for_recipe(Recipe(augment="rotate"))
+    assert rot.augment == Augment(crop_padding=0, hflip=True, rotate_degrees=20.0)
+    assert (rot.mean, rot.std) == (Cifar10.mean, Cifar10.std)
+    with pytest.raises(ValueError, match="recipe augment must be 'crop' or 'rotate', got 'jitter'"):
+        Recipe(augment="jitter")
+
+
+def test_mini_imagenet_statistics_from_the_source_figures():
+    """mean/std = the common mini-ImageNet code's 0-255 figures / 255, rounded to 4 digits."""
+    mean_255 = (120.39586422, 115.59361427, 104.54012653)
+    std_255 = (70.68188272, 68.27635443, 72.54505529)
+    m = get_dataset("mini_imagenet")
+    assert m.mean == tuple(round(v / 255, 4) for v in mean_255) == (0.4721, 0.4533, 0.41)
+    assert m.std == tuple(round(v / 255, 4) for v in std_255) == (0.2772, 0.2678, 0.2845)
 
 
 def test_tiny_imagenet_missing(tmp_path):

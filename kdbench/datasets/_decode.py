@@ -40,7 +40,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from kdbench.data import DatasetError, DatasetSource
+from kdbench.data import DatasetSource
 
 log = logging.getLogger(__name__)
 
@@ -140,7 +140,9 @@ def decode_images(files: Sequence[Path], *, source: DatasetSource, base: Path, s
     try:
         key = content_key(files, base, size_tag, resample)
     except OSError as exc:
-        raise DatasetError(f"dataset {source.name!r}: cannot stat the image files below {base}: {exc}") from exc
+        where = Path(exc.filename) if exc.filename else base
+        raise source.malformed(where, f"cannot read the file's size and time ({exc.strerror or exc}); "
+                                      "it vanished or is unreadable while loading") from exc
     cache_file = None
     if use_cache:
         where = hashlib.sha256(str(Path(base).resolve()).encode()).hexdigest()[:12]
@@ -190,7 +192,8 @@ def _write_cache(path: Path, key: str, images: Tensor) -> None:
         tmp_name = None
         log.info("wrote decoded cache %s (%.1f MB)", path, images.numel() / 1e6)
     except OSError as exc:
-        log.warning("could not write decoded cache %s: %s (continuing without it)", path, exc)
+        log.warning("could not write decoded cache %s: %s (continuing without it; images are decoded again "
+                    "next time: point $KDBENCH_CACHE at a writable folder to keep them)", path, exc)
     finally:
         if tmp_name is not None:
             try:

@@ -127,6 +127,7 @@ cifar-10-batches-py/
 """
     obtain = ("download https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz and extract it into the "
               "data root (tar xzf cifar-10-python.tar.gz -C <data root>)")
+    archive = "cifar-10-python.tar.gz"
 
 
 @register_dataset("cifar100")
@@ -150,3 +151,4 @@ cifar-100-python/
 """
     obtain = ("download https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz and extract it into the "
               "data root (tar xzf cifar-100-python.tar.gz -C <data root>)")
+    archive = "cifar-100-python.tar.gz"

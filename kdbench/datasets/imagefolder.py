@@ -84,6 +84,11 @@ images: .jpg .jpeg .png .bmp .ppm .pgm .tif .tiff .webp
     def describe(self) -> str:
         return f"class sub-folders at {self.path}"
 
+    def repair(self, path: Path) -> str:
+        """Your own images have no archive to fetch again: fix the file or folder, or remove it."""
+        return (f"how to fix it: replace {path} with a good copy or remove it (these are your own images; "
+                "kdbench only reads them and re-decodes what changed).")
+
     def load(self, root: Path | None = None, download: bool = False) -> ImageData:
         """Load the images (``root`` and ``download`` do not apply to a folder of your own)."""
         path = self.path

@@ -31,9 +31,12 @@ images in any layout therefore give identical tensors and labels. The pool must 
 cached (see :mod:`._decode`).
 
 Choices: augmentation random crop 84 with padding 8 + horizontal flip (as in the few-shot
-literature); mean/std are the per-channel values used by the common mini-ImageNet code
-(120.4, 115.6, 104.5)/255 and (70.7, 68.3, 72.5)/255. Recipe: the same shape as CIFAR-100's
-(RepDistiller defaults); grids override it. ``--download`` does not apply.
+literature); mean/std are the per-channel pixel statistics used throughout the common
+mini-ImageNet code (e.g. Gidaris & Komodakis' low-shot learning loaders and the few-shot
+baselines built on them): mean (120.39586422, 115.59361427, 104.54012653)/255 and std
+(70.68188272, 68.27635443, 72.54505529)/255, rounded to 4 digits: (0.4721, 0.4533, 0.4100)
+and (0.2772, 0.2678, 0.2845). Recipe: the same shape as CIFAR-100's (RepDistiller defaults);
+grids override it. ``--download`` does not apply.
 """
 from __future__ import annotations
 
@@ -72,7 +75,7 @@ class MiniImageNet(DatasetSource):
     num_classes = 100
     image_size = 84
     mean = (0.4721, 0.4533, 0.4100)
-    std = (0.2772, 0.2677, 0.2845)
+    std = (0.2772, 0.2678, 0.2845)  # 68.27635443 / 255 = 0.267750... -> 0.2678 (0.2677 before issue #7)
     augment = Augment(crop_padding=8, hflip=True)
     recipe = Recipe()
     layout = """

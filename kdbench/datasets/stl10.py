@@ -59,6 +59,7 @@ stl10_binary/
 """
     obtain = ("download http://ai.stanford.edu/~acoates/stl10/stl10_binary.tar.gz (2.6 GB) and extract it "
               "into the data root (tar xzf stl10_binary.tar.gz -C <data root>)")
+    archive = "stl10_binary.tar.gz"
     files = ("train_X.bin", "train_y.bin", "test_X.bin", "test_y.bin", "class_names.txt")
 
     def __init__(self, expected_train: int = 5000, expected_test: int = 8000) -> None:
