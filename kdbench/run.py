@@ -176,7 +176,7 @@ def _train(spec: RunSpec, resolved: ResolvedSpec, run_dir: Path, session: Sessio
     device = env.torch_device
     cls = method_class(spec.method)
     cfg = resolve_config(cls, spec.overrides_dict())
-    data = session.dataset(spec.dataset)
+    data = session.dataset(spec.dataset).for_recipe(spec.recipe)  # augmentation + normalisation of the recipe
     c, h, w = data.input_size
     plain_train = TrainData(data, spec.recipe.batch_size, device, spec.seed, env.memory_format)
     ctx = MethodContext(num_classes=data.num_classes, num_train_samples=len(plain_train), device=device,

@@ -48,7 +48,7 @@ class TeacherCache:
             raise ValueError(f"run {spec.method} {spec.pair} has no teacher")
         if key not in self._models:
             env = self.session.env
-            data = self.session.dataset(spec.dataset)
+            data = self.session.dataset(spec.dataset).for_recipe(spec.recipe)  # the recipe's normalisation
             model = create_model(spec.teacher, data.num_classes, data.input_size[0], data.input_size[1])
             if spec.teacher_ckpt:
                 model.load_state_dict(load_state_dict_file(spec.teacher_ckpt))
