@@ -170,6 +170,7 @@ def small_tiny() -> TinyImageNet:
 
 
 DOWNLOAD = "re-run with --download"
+MINI_REMEDY = ("put a good copy in its place", "no official download")
 CASES = {
     "cifar10 truncated pickle": Case(cifar10_truncated_pickle, lambda: Cifar10(15, 2), "cannot unpickle",
                                      ("cifar-10-python.tar.gz", CIFAR10_URL, DOWNLOAD)),
@@ -195,12 +196,11 @@ CASES = {
                                         ("tiny-imagenet-200.zip",), gone=True),
     "tiny short class": Case(tiny_short_class, small_tiny, "has 2 training images, expected 3",
                              ("tiny-imagenet-200.zip",)),
-    "mini truncated pickle": Case(mini_truncated_pickle, small_mini, "cannot unpickle", ("no official download",)),
-    "mini corrupt jpeg": Case(mini_corrupt_jpeg, small_mini, "cannot decode image", ("no official download",)),
-    "mini csv row without image": Case(mini_csv_row_without_image, small_mini, "but missing",
-                                       ("no official download",), gone=True),
-    "mini wrong total": Case(mini_wrong_total, small_mini, "expected 5 classes x 6 images",
-                             ("no official download",)),
+    "mini truncated pickle": Case(mini_truncated_pickle, small_mini, "cannot unpickle", MINI_REMEDY),
+    "mini corrupt jpeg": Case(mini_corrupt_jpeg, small_mini, "cannot decode image", MINI_REMEDY),
+    "mini csv row without image": Case(mini_csv_row_without_image, small_mini, "but missing", MINI_REMEDY,
+                                       gone=True),
+    "mini wrong total": Case(mini_wrong_total, small_mini, "expected 5 classes x 6 images", MINI_REMEDY),
 }
 
 
@@ -234,8 +234,10 @@ def test_damaged_own_images_say_replace_or_remove(tmp_path):
     (Cifar10, (CIFAR10_URL, "--download")), (Cifar100, (CIFAR100_URL, "--download")),
     (STL10, (STL10_URL, "--download")), (TinyImageNet, (TINY_URL, "torchvision cannot download it")),
     (MiniImageNet, ("no official download",)),
+    (lambda: ImageFolder("no-such-folder"), ("one sub-folder per class",)),
 ], ids=lambda v: getattr(v, "__name__", "phrases"))
-def test_missing_data_error_ends_with_how_to_obtain(tmp_path, source, phrases):
+def test_missing_data_error_ends_with_how_to_obtain(tmp_path, monkeypatch, source, phrases):
+    monkeypatch.chdir(tmp_path)
     with pytest.raises(DatasetError) as err:
         source().load(tmp_path)
     msg = str(err.value)
