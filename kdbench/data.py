@@ -420,8 +420,8 @@ class DatasetSource:
         else:
             text += f"put a good copy in its place ({self.obtain})" if self.obtain else "put a good copy in its place"
         if self.can_download:
-            text += "; or, with it deleted, re-run with --download (torchvision downloads the archive, checks its MD5 " \
-                    "and extracts it)"
+            text += ("; or, with it deleted, re-run with --download (torchvision downloads the archive, "
+                     "checks its MD5 and extracts it)")
         return text + "."
 
     def _error(self, head: str, layout_title: str, remedy: list[str]) -> DatasetError:
