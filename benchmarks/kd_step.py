@@ -28,13 +28,14 @@ import torch
 import torch.nn.functional as F
 
 from kdbench.data import Augment, ImageData, TrainData, epoch_generator
-from kdbench.method import MethodContext, resolve_config
+from kdbench.method import MethodContext
+from kdbench.config import resolve_config
 from kdbench.methods._common import kl_div_t
 from kdbench.models import create_model
 from kdbench.registry import METHODS
 from kdbench.spec import Recipe
 from kdbench.taps import measure
-from kdbench.train import Env, Progress, Trainer, stage_plan
+from kdbench.train import Env, Progress, Trainer, phase_plan
 
 log = logging.getLogger("benchmarks.kd_step")
 
@@ -64,10 +65,10 @@ def build_trainer(method: str, teacher, student, data: ImageData, batch: int, ru
 
 
 def kdbench_epoch(trainer: Trainer, epoch: int) -> float:
-    stage = stage_plan(trainer.method, 240)[-1]
-    opt = trainer.begin_stage(stage)
+    stage = phase_plan(trainer.method, 240)[-1]
+    opt = trainer.begin_phase(stage)
     t0 = time.perf_counter()
-    trainer.train_epoch(len(trainer.stage_list) - 1, stage, epoch, opt, Progress(0, 0, "", False))
+    trainer.train_epoch(len(trainer.phase_list) - 1, stage, epoch, opt, Progress(0, 0, "", False))
     return (time.perf_counter() - t0) / trainer.train_data.steps_per_epoch()
 
 

@@ -26,22 +26,22 @@ from kdbench.data import epoch_generator
 from kdbench.method import StepInfo
 from kdbench.models import create_model
 from kdbench.registry import METHODS
-from kdbench.train import Trainer, set_stage_modes, stage_plan
+from kdbench.train import Trainer, set_phase_modes, phase_plan
 
 from kd_step import build_trainer, synthetic_data
 
 
 def stage_step_time(trainer: Trainer, stage_index: int, steps: int, round_no: int) -> float:
     """Mean time of ``steps`` engine steps of one stage (after one untimed step)."""
-    stage = stage_plan(trainer.method, 240)[stage_index]
-    optimizer = trainer.begin_stage(stage)
-    set_stage_modes(trainer.student, trainer.method, trainer.teacher, stage)
+    stage = phase_plan(trainer.method, 240)[stage_index]
+    optimizer = trainer.begin_phase(stage)
+    set_phase_modes(trainer.student, trainer.method, trainer.teacher, stage)
     gen = epoch_generator(0, stage_index, round_no)
     run_student = stage.student != "none"
     use_teacher = trainer.teacher is not None and stage.needs_teacher
     batches = itertools.islice(trainer.train_data.epoch(gen), steps + 1)
     # steady state: the last epoch of the stage (DKD's warm-up done)
-    info = StepInfo(stage=stage.name, epoch=stage.epochs, epochs=stage.epochs, step=0,
+    info = StepInfo(phase=stage.name, epoch=stage.epochs, epochs=stage.epochs, step=0,
                     steps_per_epoch=trainer.train_data.steps_per_epoch())
     first = next(batches)  # builds the batch iterator's state outside the timing
     trainer.train_step(optimizer, stage, first, info, run_student, use_teacher)
@@ -69,7 +69,7 @@ def main() -> None:
     data = synthetic_data(args.num_train)
     with tempfile.TemporaryDirectory() as tmp:
         trainers = {n: build_trainer(n, teacher, copy.deepcopy(student), data, 64, Path(tmp)) for n in names}
-        plans = {n: [(i, s.name) for i, s in enumerate(stage_plan(t.method, 240)) if s.epochs > 0]
+        plans = {n: [(i, s.name) for i, s in enumerate(phase_plan(t.method, 240)) if s.epochs > 0]
                  for n, t in trainers.items()}
         times: dict[tuple[str, str], list[float]] = {(n, s): [] for n in names for _, s in plans[n]}
         for r in range(args.rounds):

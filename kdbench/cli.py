@@ -48,7 +48,9 @@ def _env_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--data-root", help="data root (default: $KDBENCH_DATA or ~/.cache/kdbench/data)")
     g.add_argument("--download", action="store_true", help="let torchvision download the dataset if it can")
     g.add_argument("--runner", help="inline (default); see `kdbench list runners`")
-    g.add_argument("--retry-failed", action="store_true", help="run failed runs again (done runs are never redone)")
+    g.add_argument("--keep-failed", action="store_true",
+                   help="do not retry failed runs (by default a re-run retries them; done and skipped runs are final)")
+    g.add_argument("--retry-failed", action="store_true", help=argparse.SUPPRESS)  # retrying is the default now; still accepted
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -159,7 +161,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     runner_opts = dict(grid.runner)
     runner_name = args.runner or runner_opts.pop("name", "inline")
     runner_opts.pop("name", None)
-    runner = RUNNERS.get(runner_name)(retry_failed=args.retry_failed, **runner_opts)
+    runner = RUNNERS.get(runner_name)(keep_failed=args.keep_failed, **runner_opts)
     session = Session(store=store, env=env, imports=tuple(grid.imports))
     session.dataset(grid.dataset)  # a missing or malformed dataset is an error before anything runs
     n_teachers = len({s.teacher for s in specs if s.teacher})

@@ -31,7 +31,7 @@ from typing import Any
 
 import yaml
 
-from kdbench.method import resolve_config
+from kdbench.config import resolve_config
 from kdbench.registry import METHODS, MODELS, UnknownNameError, import_user_modules
 from kdbench.spec import Recipe, RunSpec
 
@@ -110,6 +110,11 @@ class Grid:
                     names.append(name)
         return names
 
+    def needs_teacher(self, method: str) -> bool:
+        """Whether ``method``, configured as this grid overrides it, uses a teacher."""
+        cls = METHODS.get(method)
+        return cls.needs(resolve_config(cls, self.overrides.get(method, {}))).teacher
+
     def expand(self) -> list[RunSpec]:
         """All runs of the grid, validated, in a deterministic order (vanilla deduplicated)."""
         import_user_modules(self.imports)
@@ -120,7 +125,7 @@ class Grid:
         seen: set[RunSpec] = set()
         for teacher, student in self.pairs:
             for method in self.method_names():
-                needs_teacher = METHODS.get(method).needs.teacher
+                needs_teacher = self.needs_teacher(method)
                 for seed in self.seeds:
                     spec = RunSpec(
                         dataset=self.dataset, student=student, method=method, seed=seed, recipe=recipe,

@@ -1,7 +1,10 @@
-"""One run, end to end: resolve its key, build models and method, check the pair, make sure
-the teacher exists (training it once, as its own vanilla run, if needed), train, and write
-the result row. Idempotent: a run whose ``result.json`` exists is returned as it is, and
-a lock file keeps two processes from working on the same run.
+"""One run, end to end: resolve its key, build it (:func:`kdbench.build.build_run`: models,
+method, pair check, the teacher — trained once, as its own vanilla run, if needed), train
+it (:class:`kdbench.train.Trainer`), and write the result row.
+
+Idempotent: a run whose ``result.json`` says done or skipped is returned as it is; a failed
+run is tried again (unless ``keep_failed``); a lock file keeps two processes from working
+on the same run. Runners (``kdbench.runners``) decide where and when :func:`execute` runs.
 """
 from __future__ import annotations
 
@@ -22,22 +25,21 @@ import torch
 from torch import nn
 
 import kdbench
-from kdbench.data import EvalData, ImageData, TrainData, data_root
+from kdbench.build import Skipped, build_run
+from kdbench.config import config_dict, resolve_config
+from kdbench.data import EvalData, ImageData, data_root
 from kdbench.datasets import get_dataset
-from kdbench.method import Method, MethodContext, config_dict, resolve_config
-from kdbench.models import create_model, is_lightweight
+from kdbench.method import Method
+from kdbench.models import is_lightweight
 from kdbench.registry import METHODS, import_user_modules
 from kdbench.spec import ResolvedSpec, RunSpec, file_sha256
 from kdbench.store import CKPT, MODEL, SPEC, LockHeld, RunLock, Store, atomic_torch_save, atomic_write_json
-from kdbench.taps import measure
 from kdbench.teachers.cache import TeacherUnavailable
-from kdbench.train import Env, NonFiniteLoss, Trainer, derived_seed, seed_everything
+from kdbench.train import Env, NonFiniteLoss, Trainer
 
 log = logging.getLogger(__name__)
 
-
-class Skipped(Exception):
-    """The method declined the pair (``Method.check``); the message is the reason."""
+__all__ = ["Session", "Skipped", "execute", "resolve", "run_dir_of"]
 
 
 def method_class(name: str) -> type[Method]:
@@ -49,7 +51,7 @@ def resolve(spec: RunSpec) -> ResolvedSpec:
     cls = method_class(spec.method)
     cfg = resolve_config(cls, spec.overrides_dict())
     teacher_key = None
-    if cls.needs.teacher:
+    if cls.needs(cfg).teacher:
         if not spec.teacher:
             raise ValueError(f"method {spec.method!r} needs a teacher, but the run has none")
         if spec.teacher_ckpt:
@@ -88,10 +90,21 @@ def identity_row(resolved: ResolvedSpec, env: Env) -> dict[str, Any]:
         "method_version": resolved.method_version, "method_config": resolved.method_config, "seed": s.seed,
         "teacher_seed": s.teacher_seed if s.teacher else None, "teacher_key": resolved.teacher_key,
         "teacher_ckpt": s.teacher_ckpt, "recipe": dataclasses.asdict(s.recipe), "student_lr": resolved.student_lr,
-        "imports": list(s.imports), "device": env.device, "host": socket.gethostname(),
+        "imports": list(s.imports), "device": env.device, "memory_format": "channels_last" if env.channels_last
+        else "contiguous", "cpu_capability": cpu_capability(), "num_threads": torch.get_num_threads(),
+        "host": socket.gethostname(),
         "versions": {"kdbench": kdbench.__version__, "torch": torch.__version__, "python": platform.python_version(),
                      "git_sha": git_sha()},
     }
+
+
+def cpu_capability() -> str:
+    """The CPU instruction set PyTorch's kernels dispatch to here (e.g. ``AVX2``,
+    ``AVX512``): runs on CPUs of different capability differ in float rounding."""
+    try:
+        return str(torch.backends.cpu.get_cpu_capability())
+    except Exception:  # very old or exotic builds
+        return platform.machine()
 
 
 @dataclass
@@ -128,14 +141,18 @@ class Session:
 
 # -- executing one run --------------------------------------------------------------------
 
-def execute(spec: RunSpec, session: Session, retry_failed: bool = False) -> dict[str, Any]:
-    """Run ``spec`` unless its result exists; return its result row (never raises for a
-    failure of the run itself: that becomes a ``failed`` row)."""
+def execute(spec: RunSpec, session: Session, keep_failed: bool = False) -> dict[str, Any]:
+    """Run ``spec`` unless it is finished; return its result row (never raises for a failure
+    of the run itself: that becomes a ``failed`` row).
+
+    Done and skipped runs are final and returned as they are. A failed run is tried again
+    (the cause may have been fixed), unless ``keep_failed``.
+    """
     resolved = resolve(spec)
     run_dir = run_dir_of(session.store, resolved)
-    existing = Store.result(run_dir)
-    if existing is not None and not (retry_failed and existing.get("status") == "failed"):
-        return {**existing, "run_dir": str(run_dir)}
+    existing = _final_row(run_dir, keep_failed)
+    if existing is not None:
+        return existing
     lock = RunLock(run_dir)
     try:
         lock.acquire()
@@ -143,9 +160,9 @@ def execute(spec: RunSpec, session: Session, retry_failed: bool = False) -> dict
         log.warning("%s", exc)
         return {**identity_row(resolved, session.env), "status": "running", "error": str(exc), "run_dir": str(run_dir)}
     try:
-        existing = Store.result(run_dir)
-        if existing is not None and not (retry_failed and existing.get("status") == "failed"):
-            return {**existing, "run_dir": str(run_dir)}
+        existing = _final_row(run_dir, keep_failed)
+        if existing is not None:
+            return existing
         atomic_write_json(run_dir / SPEC, {"key": resolved.key, "spec": spec.to_json(), "identity": resolved.identity()})
         row = identity_row(resolved, session.env)
         try:
@@ -153,15 +170,13 @@ def execute(spec: RunSpec, session: Session, retry_failed: bool = False) -> dict
             row["status"] = "done"
         except Skipped as exc:
             row.update(status="skipped", reason=str(exc))
-            log.info("skipped %s on %s: %s", spec.method, spec.pair, exc)
         except (NonFiniteLoss, TeacherUnavailable) as exc:
             row.update(status="failed", error=f"{type(exc).__name__}: {exc}")
-            log.error("failed %s on %s seed %d: %s", spec.method, spec.pair, spec.seed, exc)
         except (KeyboardInterrupt, SystemExit):
             raise
         except Exception as exc:  # the grid goes on; the row keeps the evidence
             row.update(status="failed", error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc(limit=20))
-            log.exception("failed %s on %s seed %d", spec.method, spec.pair, spec.seed)
+            log.debug("run %s failed", run_dir, exc_info=True)
         row["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         Store.write_result(run_dir, row)
         if row["status"] == "done":
@@ -171,61 +186,58 @@ def execute(spec: RunSpec, session: Session, retry_failed: bool = False) -> dict
         lock.release()
 
 
+def _final_row(run_dir: Path, keep_failed: bool) -> dict[str, Any] | None:
+    """The stored row of a finished run (done, skipped; failed with ``keep_failed``)."""
+    existing = Store.result(run_dir)
+    if existing is None or (existing.get("status") == "failed" and not keep_failed):
+        return None
+    return {**existing, "run_dir": str(run_dir)}
+
+
+def run_label(spec: RunSpec) -> str:
+    """How logs name a run, everywhere: ``kd resnet20->resnet8 s0``, ``vanilla resnet20 s0``
+    (a teacher's training run is the vanilla run of its architecture)."""
+    return f"{spec.method} {spec.pair} s{spec.seed}"
+
+
 def _train(spec: RunSpec, resolved: ResolvedSpec, run_dir: Path, session: Session, lock: RunLock) -> dict[str, Any]:
+    """Build and train ``spec``; the measured part of its result row."""
     env = session.env
-    device = env.torch_device
-    cls = method_class(spec.method)
-    cfg = resolve_config(cls, spec.overrides_dict())
     data = session.dataset(spec.dataset).for_recipe(spec.recipe)  # augmentation + normalisation of the recipe
-    c, h, w = data.input_size
-    plain_train = TrainData(data, spec.recipe.batch_size, device, spec.seed, env.memory_format)
-    ctx = MethodContext(num_classes=data.num_classes, num_train_samples=len(plain_train), device=device,
-                        epochs=spec.recipe.epochs, steps_per_epoch=plain_train.steps_per_epoch(),
-                        teacher_arch=spec.teacher, student_arch=spec.student, dataset=spec.dataset,
-                        input_size=data.input_size, train_labels=data.train_labels)
+    teacher_row: dict[str, Any] | None = None
 
-    seed_everything(spec.seed)
-    student = cls.make_student(cfg, ctx) or create_model(spec.student, data.num_classes, c, h)
-    s_info = measure(student, data.input_size)
-    t_info = None
-    if cls.needs.teacher:
-        t_info = measure(create_model(spec.teacher, data.num_classes, c, h), data.input_size)
-    reason = cls.check(cfg, t_info, s_info)
-    if reason:
-        raise Skipped(reason)
+    def load_teacher(_fresh: nn.Module) -> nn.Module:
+        nonlocal teacher_row
+        teacher, teacher_row = session.teacher(spec, resolved)
+        return teacher
 
-    teacher, teacher_row = (session.teacher(spec, resolved) if cls.needs.teacher else (None, None))
-    student.to(device, memory_format=env.memory_format)
-    seed_everything(derived_seed(spec.seed, 1))  # independent of whether the teacher was just trained
-    method = cls(cfg, t_info, s_info, ctx).to(device)
-    train_data = method.wrap_train_dataset(plain_train)
-    eval_data = EvalData(data.test_images, data.test_labels, data.mean, data.std, device, env.eval_batch_size,
-                         env.memory_format)
-    desc = f"{spec.method} {spec.pair} s{spec.seed}"
-    trainer = Trainer(student=student, teacher=teacher, method=method, train_data=train_data, eval_data=eval_data,
-                      recipe=spec.recipe, lr=resolved.student_lr, seed=spec.seed, env=env, run_dir=run_dir,
-                      lock=lock, desc=desc)
+    built = build_run(spec, data, env.torch_device, env.memory_format, load_teacher)
+    eval_data = EvalData(data.test_images, data.test_labels, data.mean, data.std, env.torch_device,
+                         env.eval_batch_size, env.memory_format)
+    trainer = Trainer(student=built.student, teacher=built.teacher, method=built.method, train_data=built.train_data,
+                      eval_data=eval_data, recipe=spec.recipe, lr=resolved.student_lr, seed=spec.seed, env=env,
+                      run_dir=run_dir, lock=lock, desc=run_label(spec))
     result = trainer.fit()
     main = result.main_epochs()
     last = main[-1]
     best = max(main, key=lambda r: (r["test_top1"], -r["epoch"]))
+    student = built.student
     atomic_torch_save(run_dir / MODEL, {"arch": getattr(student, "arch_name", spec.student),
                                         "state_dict": student.state_dict(), "num_classes": data.num_classes,
                                         "input_size": list(data.input_size)})
-    log.info("done %s: top1 %.2f (best %.2f @%d) in %.1f s", desc, last["test_top1"], best["test_top1"],
-             best["epoch"], result.wall_time)
     return {
         "student_arch": getattr(student, "arch_name", type(student).__name__),
         "top1_last": last["test_top1"], "top5_last": last["test_top5"],
         "top1_best": best["test_top1"], "top5_best": best["test_top5"], "best_epoch": best["epoch"],
         "epochs": len(main), "teacher_top1": teacher_row.get("top1_last") if teacher_row else None,
+        "teacher_top5": teacher_row.get("top5_last") if teacher_row else None,
         "wall_time_s": round(result.wall_time, 3), "train_time_s": round(result.train_time, 3),
         "time_per_epoch_s": round(result.wall_time / max(1, len(result.history)), 4),
         "student_params": sum(p.numel() for p in student.parameters()),
-        "extra_params": sum(p.numel() for p in method.parameters()),
-        "uses_teacher_at_inference": method.uses_teacher_at_inference,
-        "method_info": method.run_info(),
+        "extra_params": sum(p.numel() for p in built.method.parameters()),
+        "uses_teacher_at_inference": built.method.uses_teacher_at_inference,
+        "method_info": built.method.run_info(),
         "resumed_from": list(result.resumed_from) if result.resumed_from else None,
-        "num_train": len(plain_train), "num_test": len(eval_data),
+        "num_train": len(built.train_data), "num_test": len(eval_data),
         "pid": os.getpid(),
     }

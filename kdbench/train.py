@@ -1,23 +1,25 @@
-"""The training engine: one loop for every method and every stage (DESIGN §7).
+"""The training engine: one loop for every method and every training phase (DESIGN §7).
 
 The teacher is frozen once (``eval()``, no gradients); the student and the method's
-trainable modules are optimised with SGD under the recipe. Extra stages declared by the
-method (:meth:`kdbench.method.Method.stages`) run first, each with its own epochs, lr,
-trainable set and loss, then the main stage (CE + the method's terms, multi-step lr
+trainable modules are optimised with SGD under the recipe. Extra phases declared by the
+method (:meth:`kdbench.method.Method.phases`) run first, each with its own epochs, lr,
+trainable set and loss, then the main phase (CE + the method's terms, multi-step lr
 decay, evaluated every epoch).
 
 Reproducibility and resume: the global RNGs are re-seeded and a fresh CPU generator drives
-shuffling and augmentation at the start of every epoch from ``(seed, stage, epoch)``
+shuffling and augmentation at the start of every epoch from ``(seed, stream, epoch)``
 alone, and an atomic checkpoint (models, method, optimizer, history, wall time, RNG
-states) is written after every epoch. A run killed at any point resumes from the last
-completed epoch and, on CPU, ends with exactly the numbers of an uninterrupted run.
+states) is written after every epoch and read back weights-only. A run killed at any
+point resumes from the last completed epoch and, on CPU, ends with exactly the numbers of
+an uninterrupted run.
 
-A non-finite loss stops the run with :class:`NonFiniteLoss` (recorded as a failed row by
-the caller; the grid goes on).
+A non-finite loss stops the run with :class:`NonFiniteLoss`, naming the term that went
+non-finite first (recorded as a failed row by the caller; the grid goes on). Where no
+progress bar is drawn (logs of Slurm jobs, CI, ``nohup``), every epoch logs one line:
+losses, accuracies, elapsed time and ETA.
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
@@ -34,7 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kdbench.data import EvalData, TrainData, epoch_generator
-from kdbench.method import Method, Needs, Stage, StepInfo
+from kdbench.method import Method, Needs, Phase, StepInfo
 from kdbench.models import classifier_parameters
 from kdbench.spec import Recipe
 from kdbench.taps import Outputs
@@ -65,10 +67,18 @@ class Env:
 
     @property
     def torch_device(self) -> torch.device:
-        dev = torch.device(self.device)
-        if dev.type == "cuda" and not torch.cuda.is_available():
-            raise ValueError("--device cuda requested but CUDA is not available here (use --device cpu)")
-        return dev
+        """``device`` as a torch device; a malformed, unknown or unavailable device is a
+        ValueError listing the devices valid on this machine."""
+        kind, colon, index = str(self.device).strip().lower().partition(":")
+        n_cuda = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        has_mps = torch.backends.mps.is_available()
+        here = "cpu" + (f", cuda, cuda:0…cuda:{n_cuda - 1}" if n_cuda else "") + (", mps" if has_mps else "")
+        if kind not in ("cpu", "cuda", "mps") or (colon and not (kind == "cuda" and index.isdigit())):
+            raise ValueError(f"--device {self.device!r} is not a device: write cpu, cuda, cuda:N or mps "
+                             f"(available here: {here})")
+        if (kind == "cuda" and (n_cuda == 0 or (colon and int(index) >= n_cuda))) or (kind == "mps" and not has_mps):
+            raise ValueError(f"--device {self.device} is not available here (available: {here})")
+        return torch.device(f"{kind}{colon}{index}")
 
     @property
     def memory_format(self) -> torch.memory_format:
@@ -89,14 +99,14 @@ def derived_seed(seed: int, *parts: int) -> int:
     return value
 
 
-def random_stream(stage: Stage, index: int) -> int:
-    """The random stream an epoch of ``stage`` (at ``index`` in the plan) draws from.
+def random_stream(phase: Phase, index: int) -> int:
+    """The random stream an epoch of ``phase`` (at ``index`` in the plan) draws from.
 
-    Every method's main stage uses stream 0, so at one seed the main stage of a method with
-    a pre-stage (AB, FT, FitNets with hints) sees the same orders, crops, flips and CRD
-    negatives as KD's; pre-stages use ``index + 1``.
+    Every method's main phase uses stream 0, so at one seed the main phase of a method with
+    a pre-phase (AB, FT, FitNets with hints) sees the same orders, crops, flips and CRD
+    negatives as KD's; pre-phases use ``index + 1``.
     """
-    return 0 if stage.name == "main" else index + 1
+    return 0 if phase.name == "main" else index + 1
 
 
 def topk_correct(logits: Tensor, y: Tensor, ks: tuple[int, ...] = (1, 5)) -> list[Tensor]:
@@ -145,34 +155,34 @@ class TrainResult:
     resumed_from: tuple[int, int] | None = None
 
     def main_epochs(self) -> list[dict[str, Any]]:
-        return [h for h in self.history if h["stage"] == "main"]
+        return [h for h in self.history if h["phase"] == "main"]
 
 
-def stage_plan(method: Method, epochs: int) -> list[Stage]:
-    """The method's extra stages followed by the main stage (CE + ``method.loss``)."""
-    main = Stage(name="main", epochs=epochs, loss=method.loss, modules=tuple(method.main_modules()), student="all",
+def phase_plan(method: Method, epochs: int) -> list[Phase]:
+    """The method's extra phases followed by the main phase (CE + ``method.loss``)."""
+    main = Phase(name="main", epochs=epochs, loss=method.loss, modules=tuple(method.main_modules()), student="all",
                  lr=None, ce_weight=float(method.cfg.ce_weight), needs_teacher=method.uses_teacher_in_main())
-    extra = method.stages()
-    names = [stage.name for stage in extra]
+    extra = method.phases()
+    names = [phase.name for phase in extra]
     if "main" in names or len(set(names)) != len(names):
-        raise ValueError(f"method {method.name!r}: extra stages need unique names other than 'main', got {names}")
+        raise ValueError(f"method {method.name!r}: extra phases need unique names other than 'main', got {names}")
     return [*extra, main]
 
 
-def configure_stage(student: nn.Module, method: Method, stage: Stage) -> list[nn.Parameter]:
-    """Set ``requires_grad`` on student and method for ``stage``; return the trainable
+def configure_phase(student: nn.Module, method: Method, phase: Phase) -> list[nn.Parameter]:
+    """Set ``requires_grad`` on student and method for ``phase``; return the trainable
     parameters (student first, then the method's, each once)."""
     head = classifier_parameters(student)
     for p in student.parameters():
-        p.requires_grad_(stage.student == "all" or (stage.student == "features" and id(p) not in head))
+        p.requires_grad_(phase.student == "all" or (phase.student == "features" and id(p) not in head))
     method.requires_grad_(False)
-    for m in stage.modules:
+    for m in phase.modules:
         m.requires_grad_(True)
     params = [p for p in student.parameters() if p.requires_grad]
     seen = {id(p) for p in params}
     params += [p for p in method.parameters() if p.requires_grad and id(p) not in seen]
     if not params:
-        raise ValueError(f"{method.name}: stage {stage.name!r} has no trainable parameters")
+        raise ValueError(f"{method.name}: phase {phase.name!r} has no trainable parameters")
     return params
 
 
@@ -183,36 +193,64 @@ def keep_needed(out: Outputs, needs: Needs) -> Outputs:
     return Outputs(logits=out.logits, embedding=out.embedding, extras=out.extras)
 
 
-def set_stage_modes(student: nn.Module, method: Method, teacher: nn.Module | None, stage: Stage) -> None:
-    """Train mode for what ``stage`` trains, eval mode for everything else (frozen method
+def set_phase_modes(student: nn.Module, method: Method, teacher: nn.Module | None, phase: Phase) -> None:
+    """Train mode for what ``phase`` trains, eval mode for everything else (frozen method
     modules keep their BatchNorm statistics; the teacher is always in eval mode)."""
-    student.train(stage.student != "none")
+    student.train(phase.student != "none")
     method.eval()
-    for m in stage.modules:
+    for m in phase.modules:
         m.train()
     if teacher is not None:
         teacher.eval()
 
 
-def stage_losses(student: nn.Module | None, teacher: nn.Module | None, stage: Stage, batch, info: StepInfo,
+def phase_losses(student: nn.Module | None, teacher: nn.Module | None, phase: Phase, batch, info: StepInfo,
                  needs: Needs) -> tuple[Any, dict[str, Tensor]]:
-    """One step's forward passes and named loss terms (CE first when the stage uses it).
+    """One step's forward passes and named loss terms (CE first when the phase uses it).
 
     The teacher runs first, under ``no_grad``, and keeps only the taps the method ``needs``
     (logits and embedding always; stage maps, stem and pre-activations only for spatial
     methods), so its large activations are freed before the student's forward reuses the
-    memory. ``student=None`` skips the student (stages that train only method modules)."""
+    memory. ``student=None`` skips the student (phases that train only method modules)."""
     t = None
     if teacher is not None:
         with torch.no_grad():
             t = keep_needed(teacher.forward_taps(batch.x, preact=needs.preact), needs)
     s = student.forward_taps(batch.x, preact=needs.preact) if student is not None else None
-    terms = stage.loss(s, t, batch, info)
-    if stage.ce_weight and s is not None:
-        terms = {"loss_ce": stage.ce_weight * F.cross_entropy(s.logits.float(), batch.y), **terms}
+    terms = phase.loss(s, t, batch, info)
+    if phase.ce_weight and s is not None:
+        terms = {"loss_ce": phase.ce_weight * F.cross_entropy(s.logits.float(), batch.y), **terms}
     if not terms:
-        raise ValueError(f"stage {stage.name!r} returned no loss terms")
+        raise ValueError(f"phase {phase.name!r} returned no loss terms")
     return s, terms
+
+
+class FiniteWatch:
+    """Tracks, without a device sync per step, the first step at which each loss term of an
+    epoch became non-finite, so a failure names the term that broke first (a NaN in one
+    term poisons the weights, and every term is NaN one step later)."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, Tensor] = {}
+        self.first_bad: dict[str, Tensor] = {}
+
+    def add(self, step: int, terms: dict[str, Tensor]) -> None:
+        for k, v in terms.items():
+            if k in self.sums:
+                self.sums[k] = self.sums[k] + v
+                first = self.first_bad[k]
+                self.first_bad[k] = torch.where((first < 0) & ~torch.isfinite(v), step, first)
+            else:
+                self.sums[k] = v
+                self.first_bad[k] = torch.where(torch.isfinite(v), -1, step)
+
+    def culprit(self) -> tuple[str, int] | None:
+        """``(term, step)`` of the earliest non-finite term, or ``None`` if all are finite."""
+        bad = {k: int(v) for k, v in self.first_bad.items() if int(v) >= 0}
+        if not bad:
+            return None
+        name = min(bad, key=lambda k: (bad[k], list(self.first_bad).index(k)))
+        return name, bad[name]
 
 
 @dataclass
@@ -231,13 +269,11 @@ class Trainer:
     run_dir: Path
     lock: RunLock | None = None
     desc: str = ""
-    stage_list: list[Stage] = field(init=False)
+    phase_list: list[Phase] = field(init=False)
 
     def __post_init__(self) -> None:
-        self.stage_list = stage_plan(self.method, self.recipe.epochs)
-        names = [s.name for s in self.stage_list]
-        if len(set(names)) != len(names):
-            raise ValueError(f"{self.method.name}: stage names must be unique, got {names}")
+        self.phase_list = phase_plan(self.method, self.recipe.epochs)
+        self.needs = self.method.needs(self.method.cfg)
         self.device = self.env.torch_device
         self.autocast = torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.recipe.amp)
         if self.teacher is not None:
@@ -249,38 +285,54 @@ class Trainer:
         state = self._load_checkpoint()
         history: list[dict[str, Any]] = state["history"] if state else []
         wall, train_time = (state["wall_time"], state["train_time"]) if state else (0.0, 0.0)
-        start_stage, start_epoch = (state["stage_idx"], state["epoch"] + 1) if state else (0, 1)
-        if state and start_epoch > self.stage_list[start_stage].epochs:
-            start_stage, start_epoch = start_stage + 1, 1
-        resumed_from = (state["stage_idx"], state["epoch"]) if state else None
+        start_phase, start_epoch = (state["phase_idx"], state["epoch"] + 1) if state else (0, 1)
+        if state and start_epoch > self.phase_list[start_phase].epochs:
+            start_phase, start_epoch = start_phase + 1, 1
+        resumed_from = (state["phase_idx"], state["epoch"]) if state else None
         steps = self.train_data.steps_per_epoch()
-        total = sum(s.epochs for s in self.stage_list) * steps
-        done = sum(s.epochs for s in self.stage_list[:start_stage]) * steps + (start_epoch - 1) * steps
-        progress = Progress(total, done, self.desc, self._progress_enabled())
+        total_epochs = sum(p.epochs for p in self.phase_list)
+        done_epochs = sum(p.epochs for p in self.phase_list[:start_phase]) + start_epoch - 1
+        progress = Progress(total_epochs * steps, done_epochs * steps, self.desc, self._progress_enabled())
+        session_start, session_epochs = time.perf_counter(), 0
         try:
-            for si in range(start_stage, len(self.stage_list)):
-                stage = self.stage_list[si]
-                if stage.epochs == 0:
+            for pi in range(start_phase, len(self.phase_list)):
+                phase = self.phase_list[pi]
+                if phase.epochs == 0:
                     continue
-                optimizer = self.begin_stage(stage)
-                first = start_epoch if si == start_stage else 1
-                if state and si == state["stage_idx"] and first > 1:
+                optimizer = self.begin_phase(phase)
+                first = start_epoch if pi == start_phase else 1
+                if state and pi == state["phase_idx"] and first > 1:
                     optimizer.load_state_dict(state["optimizer"])
-                for epoch in range(first, stage.epochs + 1):
+                for epoch in range(first, phase.epochs + 1):
                     t0 = time.perf_counter()
-                    record = self.train_epoch(si, stage, epoch, optimizer, progress)
+                    record = self.train_epoch(pi, phase, epoch, optimizer, progress)
                     train_time += time.perf_counter() - t0
-                    if stage.name == "main":
+                    if phase.name == "main":
                         record.update(self.evaluate())
                     wall += time.perf_counter() - t0
                     record["wall_time"] = round(wall, 3)
                     history.append(record)
-                    self._save_checkpoint(si, epoch, optimizer, history, wall, train_time)
+                    self._save_checkpoint(pi, epoch, optimizer, history, wall, train_time)
                     progress.note(**{k: record[k] for k in ("test_top1",) if k in record})
-                    log.debug("%s %s", self.desc, record)
+                    done_epochs, session_epochs = done_epochs + 1, session_epochs + 1
+                    per_epoch = (time.perf_counter() - session_start) / session_epochs
+                    self._log_epoch(record, phase, total_epochs, done_epochs, wall,
+                                    per_epoch * (total_epochs - done_epochs))
         finally:
             progress.close()
         return TrainResult(history=history, wall_time=wall, train_time=train_time, resumed_from=resumed_from)
+
+    def _log_epoch(self, record: dict[str, Any], phase: Phase, total_epochs: int, done_epochs: int, wall: float,
+                   eta: float) -> None:
+        """One line per epoch: at INFO where no progress bar is drawn (log files), else DEBUG."""
+        terms = ", ".join(f"{k.removeprefix('loss_')} {record[k]:.4g}" for k in record
+                          if k.startswith("loss_"))
+        accs = "".join(f" {label} {record[k]:.2f}%" for k, label in (("train_top1", "train"), ("test_top1", "test"))
+                       if k in record)
+        level = logging.DEBUG if self._progress_enabled() else logging.INFO
+        log.log(level, "%s | %s %d/%d | loss %.4g (%s)%s | lr %.3g | %.1f s, epoch %d/%d, ETA %.0f s", self.desc,
+                phase.name, record["epoch"], phase.epochs, record["loss"], terms, accs, record["lr"], wall,
+                done_epochs, total_epochs, eta)
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
@@ -296,65 +348,64 @@ class Trainer:
         n = len(self.eval_data)
         return {"test_top1": 100.0 * correct1.item() / n, "test_top5": 100.0 * correct5.item() / n}
 
-    # -- stages -------------------------------------------------------------------------
-    def begin_stage(self, stage: Stage) -> torch.optim.Optimizer:
-        """Set requires_grad for ``stage`` and build its optimizer."""
-        params = configure_stage(self.student, self.method, stage)
-        lr = self.lr if stage.lr is None else stage.lr
+    # -- phases -------------------------------------------------------------------------
+    def begin_phase(self, phase: Phase) -> torch.optim.Optimizer:
+        """Set requires_grad for ``phase`` and build its optimizer."""
+        params = configure_phase(self.student, self.method, phase)
+        lr = self.lr if phase.lr is None else phase.lr
         return torch.optim.SGD(params, lr=lr, momentum=self.recipe.momentum, weight_decay=self.recipe.weight_decay)
 
-    def _lr_at(self, stage: Stage, epoch: int) -> float:
-        if stage.name != "main":
-            return self.lr if stage.lr is None else stage.lr
+    def _lr_at(self, phase: Phase, epoch: int) -> float:
+        if phase.name != "main":
+            return self.lr if phase.lr is None else phase.lr
         decays = sum(epoch > m for m in self.recipe.milestone_epochs())
         return self.lr * (self.recipe.lr_decay ** decays)
 
-    def train_epoch(self, si: int, stage: Stage, epoch: int, optimizer: torch.optim.Optimizer,
-                     progress: Progress) -> dict[str, Any]:
-        stream = random_stream(stage, si)
+    def train_epoch(self, pi: int, phase: Phase, epoch: int, optimizer: torch.optim.Optimizer,
+                    progress: Progress) -> dict[str, Any]:
+        stream = random_stream(phase, pi)
         seed_everything(derived_seed(self.seed, stream, epoch))
         gen = epoch_generator(self.seed, stream, epoch)
-        lr = self._lr_at(stage, epoch)
+        lr = self._lr_at(phase, epoch)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        set_stage_modes(self.student, self.method, self.teacher, stage)
-        run_student = stage.student != "none"
-        use_teacher = self.teacher is not None and stage.needs_teacher
+        set_phase_modes(self.student, self.method, self.teacher, phase)
+        run_student = phase.student != "none"
+        use_teacher = self.teacher is not None and phase.needs_teacher
         steps = self.train_data.steps_per_epoch()
-        sums: dict[str, Tensor] = {}
+        watch = FiniteWatch()
         correct = torch.zeros((), device=self.device, dtype=torch.long)
         rows = 0
         for i, batch in enumerate(self.train_data.epoch(gen)):
-            info = StepInfo(stage=stage.name, epoch=epoch, epochs=stage.epochs, step=(epoch - 1) * steps + i,
+            info = StepInfo(phase=phase.name, epoch=epoch, epochs=phase.epochs, step=(epoch - 1) * steps + i,
                             steps_per_epoch=steps)
-            terms, hits = self.train_step(optimizer, stage, batch, info, run_student, use_teacher)
-            for k, v in terms.items():
-                sums[k] = sums[k] + v if k in sums else v
+            terms, hits = self.train_step(optimizer, phase, batch, info, run_student, use_teacher)
+            watch.add(i, terms)
             if hits is not None:
                 correct += hits
                 rows += len(batch)
             if (i + 1) % self.env.check_every == 0:
-                self._check_finite(sums, stage, epoch, i)
+                self._check_finite(watch, phase, epoch)
             progress.update()
-        self._check_finite(sums, stage, epoch, steps - 1)
+        self._check_finite(watch, phase, epoch)
         if self.lock is not None:
             self.lock.touch()
-        record: dict[str, Any] = {"stage": stage.name, "epoch": epoch, "lr": lr}
-        record.update({k: v.item() / steps for k, v in sums.items()})
-        record["loss"] = sum(record[k] for k in sums)
+        record: dict[str, Any] = {"phase": phase.name, "epoch": epoch, "lr": lr}
+        record.update({k: v.item() / steps for k, v in watch.sums.items()})
+        record["loss"] = sum(record[k] for k in watch.sums)
         if rows:
             record["train_top1"] = 100.0 * correct.item() / rows
         return record
 
-    def train_step(self, optimizer: torch.optim.Optimizer, stage: Stage, batch, info: StepInfo, run_student: bool,
-              use_teacher: bool) -> tuple[dict[str, Tensor], Tensor | None]:
+    def train_step(self, optimizer: torch.optim.Optimizer, phase: Phase, batch, info: StepInfo, run_student: bool,
+                   use_teacher: bool) -> tuple[dict[str, Tensor], Tensor | None]:
         """One optimisation step; returns the detached loss terms and the number of correct
         student predictions. A function of its own so that the step's outputs are released
         on return: activations kept alive into the next step force fresh allocations (page
         faults) and cost ~5 % of a CPU step (measured with benchmarks/kd_step.py)."""
         with self.autocast:
-            s, terms = stage_losses(self.student if run_student else None, self.teacher if use_teacher else None,
-                                    stage, batch, info, self.method.needs)
+            s, terms = phase_losses(self.student if run_student else None, self.teacher if use_teacher else None,
+                                    phase, batch, info, self.needs)
         total = sum(terms.values())
         optimizer.zero_grad(set_to_none=True)
         total.backward()
@@ -362,11 +413,15 @@ class Trainer:
         hits = s.logits.detach().argmax(1).eq(batch.y).sum() if s is not None else None
         return {k: v.detach().float() for k, v in terms.items()}, hits
 
-    def _check_finite(self, sums: dict[str, Tensor], stage: Stage, epoch: int, step: int) -> None:
-        for k, v in sums.items():
-            if not math.isfinite(v.item()):
-                raise NonFiniteLoss(f"{k} became non-finite in stage {stage.name!r}, epoch {epoch}, "
-                                    f"by step {step + 1} (lr {self._lr_at(stage, epoch):g})")
+    def _check_finite(self, watch: FiniteWatch, phase: Phase, epoch: int) -> None:
+        if all(math.isfinite(v.item()) for v in watch.sums.values()):
+            return
+        culprit = watch.culprit()
+        assert culprit is not None
+        name, step = culprit
+        later = [k for k in watch.first_bad if k != name and int(watch.first_bad[k]) >= 0]
+        raise NonFiniteLoss(f"{name} became non-finite first, in phase {phase.name!r}, epoch {epoch}, step {step + 1} "
+                            f"(lr {self._lr_at(phase, epoch):g})" + (f"; then {', '.join(later)}" if later else ""))
 
     def _progress_enabled(self) -> bool:
         if self.env.progress is not None:
@@ -374,14 +429,13 @@ class Trainer:
         return sys.stderr.isatty()
 
     # -- checkpoints --------------------------------------------------------------------
-    def _save_checkpoint(self, si: int, epoch: int, optimizer: torch.optim.Optimizer,
+    def _save_checkpoint(self, pi: int, epoch: int, optimizer: torch.optim.Optimizer,
                          history: list[dict[str, Any]], wall: float, train_time: float) -> None:
         state = {
-            "stage_idx": si, "stage": self.stage_list[si].name, "epoch": epoch,
+            "phase_idx": pi, "phase": self.phase_list[pi].name, "epoch": epoch,
             "student": self.student.state_dict(), "method": self.method.state_dict(),
             "optimizer": optimizer.state_dict(), "history": history, "wall_time": wall,
-            "train_time": train_time,
-            "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
+            "train_time": train_time, "rng": rng_states(),
         }
         atomic_torch_save(self.run_dir / CKPT, state)
         atomic_write_text(self.run_dir / METRICS, "".join(_json_line(h) for h in history))
@@ -391,9 +445,12 @@ class Trainer:
         if not path.exists():
             return None
         try:
-            state = torch.load(path, map_location=self.device, weights_only=False)
-        except Exception as exc:  # atomic writes make this rare: a truncated copy, a full disk
-            log.warning("ignoring unreadable checkpoint %s (%s); starting over", path, exc)
+            state = torch.load(path, map_location=self.device, weights_only=True)
+            if not isinstance(state, dict) or "phase_idx" not in state:
+                raise KeyError("no 'phase_idx': written by an older kdbench")
+        except Exception as exc:  # atomic writes make this rare: a truncated copy, a full disk, an old format
+            log.warning("ignoring unreadable checkpoint %s (%s: %s); starting the run over", path,
+                        type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
             return None
         try:
             self.student.load_state_dict(state["student"])
@@ -403,15 +460,29 @@ class Trainer:
                 f"checkpoint {path} does not fit the current code ({exc}). The run key did not change, so "
                 f"the student or method changed without a version bump: bump the method's `version` "
                 f"or delete {self.run_dir}") from exc
-        if state["stage_idx"] >= len(self.stage_list) or self.stage_list[state["stage_idx"]].name != state["stage"]:
-            raise RuntimeError(f"checkpoint {path} is from another stage plan ({state['stage']!r} at index "
-                               f"{state['stage_idx']}); bump the method's `version` or delete {self.run_dir}")
-        log.info("resuming %s from stage %r epoch %d", self.desc, state["stage"], state["epoch"])
-        with contextlib.suppress(Exception):
-            torch.set_rng_state(state["rng"]["torch"].cpu())
-            np.random.set_state(state["rng"]["numpy"])
-            random.setstate(state["rng"]["python"])
+        if state["phase_idx"] >= len(self.phase_list) or self.phase_list[state["phase_idx"]].name != state["phase"]:
+            raise RuntimeError(f"checkpoint {path} is from another phase plan ({state['phase']!r} at index "
+                               f"{state['phase_idx']}); bump the method's `version` or delete {self.run_dir}")
+        log.info("resuming %s from phase %r epoch %d", self.desc, state["phase"], state["epoch"])
+        restore_rng_states(state["rng"])
         return state
+
+
+def rng_states() -> dict[str, Any]:
+    """The global RNG states as tensors and plain values (loadable with ``weights_only``)."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    return {"torch": torch.get_rng_state(), "python": random.getstate(),
+            "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                      "has_gauss": int(has_gauss), "cached_gaussian": float(cached)}}
+
+
+def restore_rng_states(states: dict[str, Any]) -> None:
+    """Inverse of :func:`rng_states`."""
+    torch.set_rng_state(states["torch"].cpu())
+    random.setstate(states["python"])
+    n = states["numpy"]
+    np.random.set_state((n["kind"], n["keys"].cpu().numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["cached_gaussian"]))
 
 
 def _json_line(record: dict[str, Any]) -> str:

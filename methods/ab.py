@@ -22,15 +22,15 @@ with ``s = r_i(student preact_i)`` (``r_i`` the connector), ``t`` = teacher prea
 is the references' ``/1000·3``. Equivalently, with σ = +1 where t > 0 and −1 where t ≤ 0, each
 element contributes ``relu(m − σ·s)²`` (this is how it is computed: one fused expression).
 
-Training (as RepDistiller's ``abound``, two stages):
+Training (as RepDistiller's ``abound``, two phases):
 
-1. ``"init"`` stage, ``init_epochs`` epochs: the connectors and the student's feature layers
-   (``Stage.student="features"``: everything but the classifier, RepDistiller's
+1. ``"init"`` phase, ``init_epochs`` epochs: the connectors and the student's feature layers
+   (``Phase.student="features"``: everything but the classifier, RepDistiller's
    ``get_feat_modules()``) are trained with ``L_AB`` only (no CE), SGD at ``init_lr``
    (default: the run's lr, as RepDistiller's ``init`` uses ``opt.learning_rate``).
-2. ``"main"`` stage: plain CE (``ce_weight · CE``); :meth:`AB.loss` returns no term and the
+2. ``"main"`` phase: plain CE (``ce_weight · CE``); :meth:`AB.loss` returns no term and the
    connectors are frozen (``main_modules() == []``: no gradient, eval mode). RepDistiller
-   also sets the AB term of this stage to 0; the connectors are not used after the
+   also sets the AB term of this phase to 0; the connectors are not used after the
    initialisation.
 
 Connector ``r_i`` (student stage i → teacher stage i), sized from the measured shapes:
@@ -70,11 +70,11 @@ Choices and deviations (documented):
 * Size comparisons use H and W separately (RepDistiller compares channels and H only).
 * The loss is computed in float32 whatever the autocast dtype; the references' ``abs()`` of a
   sum of squares is a no-op and omitted.
-* The init stage uses the recipe's momentum and weight decay (RepDistiller; the authors'
+* The init phase uses the recipe's momentum and weight decay (RepDistiller; the authors'
   script uses Nesterov momentum) and keeps the lr constant (RepDistiller).
 * Pre-activation taps follow the model families (see ``kdbench.students``): for WRN the
   "pre-activation" of stage i is the next BatchNorm's output, as in the authors' WRN code.
-* The main stage does not run the teacher at all (``uses_teacher_in_main`` is False): its
+* The main phase does not run the teacher at all (``uses_teacher_in_main`` is False): its
   loss is CE only, so the teacher's forward would be wasted work.
 """
 from __future__ import annotations
@@ -89,7 +89,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kdbench.data import Batch
-from kdbench.method import Method, MethodConfig, MethodContext, Needs, Stage, StepInfo, scaled_epochs
+from kdbench.method import Method, MethodConfig, MethodContext, Needs, Phase, StepInfo, scaled_epochs
 from kdbench.methods._common import bridge_conv, bridge_kind
 from kdbench.registry import register_method
 from kdbench.taps import Outputs, TapInfo
@@ -175,14 +175,14 @@ def stage_weights(n: int) -> list[float]:
 
 @register_method("ab")
 class AB(Method):
-    """Activation-boundary distillation: an AB-only initialisation stage, then CE."""
+    """Activation-boundary distillation: an AB-only initialisation phase, then CE."""
 
     name = "ab"
     version = 1
 
     @dataclass(frozen=True)
     class Config(MethodConfig):
-        ce_weight: float = 1.0  # main stage (CE only)
+        ce_weight: float = 1.0  # main phase (CE only)
         margin: float = 1.0  # m of the alternative loss
         feat_weight: float = 3.0 / 1000  # the references' "/ 1000 * 3" (after the / B)
         init_epochs: int | None = None  # None: 30 per 240 main epochs, scaled to this run
@@ -203,10 +203,7 @@ class AB(Method):
         log.info("ab: %d init epochs, connectors %s", self.init_epochs, [c.kind for c in self.connectors])
 
     @classmethod
-    def check(cls, cfg: MethodConfig, teacher_info: TapInfo | None, student_info: TapInfo) -> str | None:
-        reason = super().check(cfg, teacher_info, student_info)
-        if reason is not None:
-            return reason
+    def check_pair(cls, cfg: MethodConfig, teacher_info: TapInfo | None, student_info: TapInfo) -> str | None:
         assert teacher_info is not None
         spatial = getattr(cfg, "spatial", "conv")
         for i in range(student_info.num_stages):
@@ -236,12 +233,12 @@ class AB(Method):
         return {"loss_ab": self.ab_loss(s, t)}
 
     def loss(self, s: Outputs, t: Outputs | None, batch: Batch, step: StepInfo) -> dict[str, Tensor]:
-        """Main stage: CE only (added by the trainer); the connectors are frozen."""
+        """Main phase: CE only (added by the trainer); the connectors are frozen."""
         return {}
 
-    # -- stages -------------------------------------------------------------------------
-    def stages(self) -> list[Stage]:
-        return [Stage(name="init", epochs=self.init_epochs, loss=self.init_loss, modules=(self.connectors,),
+    # -- phases -------------------------------------------------------------------------
+    def phases(self) -> list[Phase]:
+        return [Phase(name="init", epochs=self.init_epochs, loss=self.init_loss, modules=(self.connectors,),
                       student="features", lr=self.cfg.init_lr, ce_weight=0.0, needs_teacher=True)]
 
     def main_modules(self) -> list[nn.Module]:

@@ -251,10 +251,7 @@ class CRD(Method):
         self._z_ready: bool | None = None  # unknown until checked (see _log_z)
 
     @classmethod
-    def check(cls, cfg: MethodConfig, teacher_info: TapInfo | None, student_info: TapInfo) -> str | None:
-        reason = super().check(cfg, teacher_info, student_info)
-        if reason:
-            return reason
+    def check_pair(cls, cfg: MethodConfig, teacher_info: TapInfo | None, student_info: TapInfo) -> str | None:
         for role, info in (("teacher", teacher_info), ("student", student_info)):
             if info is None or info.embedding_dim < 1:
                 return f"crd projects the pooled embedding; the {role} has none"

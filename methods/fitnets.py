@@ -7,7 +7,7 @@ the teacher's *hint* (the same stage of the teacher) and the two are matched by 
 Reference implementation followed: RepDistiller (Tian et al., CRD suite), ``HintLoss`` with
 its ``ConvReg`` regressor, on CIFAR-100 with ce 1, feat 100 and the hint at stage 2.
 
-Loss (main stage)::
+Loss (main phase)::
 
     L = ce_weight · CE(z_s, y) + feat_weight · mean_{b,c,h,w} (r(f_s) − f_t)²
 
@@ -23,28 +23,30 @@ measured shapes (student ``C_s×H_s×W_s``, teacher ``C_t×H_t×W_t``):
   **declined** in :meth:`FitNets.check` with the reason. *Choice*: we decline rather than
   pool, because pooling the teacher's hint would change the target the paper defines.
 
-Defaults: ``ce_weight=1``, ``feat_weight=100``, ``hint_layer=2``, ``hint_stage_epochs=0``.
+Defaults: ``ce_weight=1``, ``feat_weight=100``, ``hint_layer=2``, ``hint_phase_epochs=0``.
 
-Variants (``hint_stage_epochs``):
+The method taps only the network stage ``hint_layer`` names (``needs`` follows the Config).
 
-* ``0`` (default) — the reference suites' single stage: the regressor and the whole student
+Variants (``hint_phase_epochs``):
+
+* ``0`` (default) — the reference suites' single phase: the regressor and the whole student
   train together on ``CE + feat_weight·MSE`` from the first epoch.
-* ``> 0`` — the paper's two-stage scheme, first stage: a ``"hint"`` stage of that many
+* ``> 0`` — the paper's two-phase scheme, first phase: a ``"hint"`` phase of that many
   epochs (lr ``hint_lr``, default the recipe's lr) trains the student's layers up to the
   guided layer and the regressor with ``feat_weight · MSE`` only (no CE). It is declared
-  as ``Stage(student="all")``: the student runs its full forward pass, but the hint loss
+  as ``Phase(student="all")``: the student runs its full forward pass, but the hint loss
   depends only on the layers up to the guided layer, so every later parameter (later
   stages, classifier) gets ``grad=None`` and SGD skips parameters without a gradient
   (no update, no weight decay, no momentum). This is exactly "train up to the hint".
-  Then the main stage as above.
+  Then the main phase as above.
 
 Deviations and choices (documented):
 
-* The paper's second stage trains the student with Hinton's KD loss (annealed weight);
-  here the main stage is the reference suites' ``CE + hint MSE`` in both variants, so the
-  ``hint_stage_epochs > 0`` variant differs from the single-stage one only by the
-  pre-stage (combine with ``kd`` ideas in another method if needed).
-* In the hint stage the full student forward still runs in train mode, so the BatchNorm
+* The paper's second phase trains the student with Hinton's KD loss (annealed weight);
+  here the main phase is the reference suites' ``CE + hint MSE`` in both variants, so the
+  ``hint_phase_epochs > 0`` variant differs from the single-phase one only by the
+  pre-phase (combine with ``kd`` ideas in another method if needed).
+* In the hint phase the full student forward still runs in train mode, so the BatchNorm
   running statistics of the layers after the guided layer keep being updated although
   their weights are not (the paper's network would not run those layers).
 * The hint loss is the mean over elements (RepDistiller's ``MSELoss``), not the paper's
@@ -62,7 +64,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kdbench.data import Batch
-from kdbench.method import Method, MethodConfig, MethodContext, Needs, Stage, StepInfo
+from kdbench.method import Method, MethodConfig, MethodContext, Needs, Phase, StepInfo
 from kdbench.methods._common import bridge_conv, bridge_kind
 from kdbench.registry import register_method
 from kdbench.taps import Outputs, TapInfo
@@ -81,31 +83,34 @@ class FitNets(Method):
     """Hint-based distillation of one middle stage through a conv regressor."""
 
     name = "fitnets"
-    version = 1
+    version = 2  # 2: hint_stage_epochs renamed hint_phase_epochs (same training)
 
     @dataclass(frozen=True)
     class Config(MethodConfig):
         ce_weight: float = 1.0
         feat_weight: float = 100.0
         hint_layer: int = 2  # 1-based stage index of the hint / guided layer
-        hint_stage_epochs: int = 0  # 0: reference single stage; > 0: the paper's hint pre-stage
-        hint_lr: float | None = None  # lr of the hint stage (None: the recipe's lr)
+        hint_phase_epochs: int = 0  # 0: reference single phase; > 0: the paper's hint pre-phase
+        hint_lr: float | None = None  # lr of the hint phase (None: the recipe's lr)
 
-    needs = Needs(teacher=True, logits=True, stages=(1,))
+        def __post_init__(self) -> None:
+            if self.hint_layer < 1:
+                raise ValueError(f"hint_layer is the 1-based stage of the hint, >= 1; got {self.hint_layer}")
+            if self.hint_phase_epochs < 0:
+                raise ValueError(f"hint_phase_epochs must be >= 0, got {self.hint_phase_epochs}")
+            if self.hint_lr is not None and not self.hint_lr > 0:
+                raise ValueError(f"hint_lr must be > 0, got {self.hint_lr}")
 
     @classmethod
-    def check(cls, cfg: MethodConfig, teacher_info: TapInfo | None, student_info: TapInfo) -> str | None:
-        reason = super().check(cfg, teacher_info, student_info)
-        if reason is not None:
-            return reason
+    def needs(cls, cfg: MethodConfig | None = None) -> Needs:
+        """The stage ``hint_layer`` names (1-based) of both networks, and the logits."""
+        hint_layer = (cfg or cls.Config()).hint_layer
+        return Needs(teacher=True, logits=True, stages=(hint_layer - 1,))
+
+    @classmethod
+    def check_pair(cls, cfg: MethodConfig, teacher_info: TapInfo | None, student_info: TapInfo) -> str | None:
         assert teacher_info is not None
         k = cfg.hint_layer
-        n_s, n_t = student_info.num_stages, teacher_info.num_stages
-        if not (1 <= k <= n_s and k <= n_t):
-            return (f"fitnets hint_layer={k} (1-based) needs that stage in both networks; "
-                    f"the student has {n_s} stage(s), the teacher {n_t}")
-        if cfg.hint_stage_epochs < 0:
-            return f"fitnets hint_stage_epochs must be >= 0, got {cfg.hint_stage_epochs}"
         s_shape, t_shape = student_info.stage_shape(k - 1), teacher_info.stage_shape(k - 1)
         if bridge_kind(s_shape[1:], t_shape[1:]) is None:
             return (f"fitnets cannot bridge the stage-{k} maps: student {s_shape[1]}x{s_shape[2]} is smaller "
@@ -128,8 +133,8 @@ class FitNets(Method):
         assert t is not None
         return {"loss_hint": self.hint_loss(s.stages[self.hint_index], t.stages[self.hint_index])}
 
-    def stages(self) -> list[Stage]:
-        if self.cfg.hint_stage_epochs <= 0:
+    def phases(self) -> list[Phase]:
+        if self.cfg.hint_phase_epochs <= 0:
             return []
-        return [Stage(name="hint", epochs=self.cfg.hint_stage_epochs, loss=self.loss, modules=(self.regressor,),
+        return [Phase(name="hint", epochs=self.cfg.hint_phase_epochs, loss=self.loss, modules=(self.regressor,),
                       student="all", lr=self.cfg.hint_lr, ce_weight=0.0, needs_teacher=True)]

@@ -7,7 +7,7 @@ the teacher's last feature map; its encoder output is the teacher *factor*. A
 shape, and the student learns to make its factor match the teacher's.
 
 Reference implementation followed: RepDistiller (``Paraphraser``, ``Translator``,
-``FactorTransfer`` and its ``init`` stage), CIFAR-100 setting ce 1, feat 200, k = 0.5,
+``FactorTransfer`` and its ``init`` phase), CIFAR-100 setting ce 1, feat 200, k = 0.5,
 30 initialisation epochs per 240.
 
 Modules (sized from the measured last stage shapes; ``C = C_t``, ``kC = int(k·C_t)``, k =
@@ -19,13 +19,13 @@ Modules (sized from the measured last stage shapes; ``C = C_t``, ``kC = int(k·C
 * translator: conv C_s→C_s, BN, LeakyReLU, conv C_s→kC, BN, LeakyReLU, conv kC→kC, BN,
   LeakyReLU.
 
-Stage ``"paraphraser"`` (``init_epochs``; ``None`` = 30 per 240 main epochs scaled to this
+Phase ``"paraphraser"`` (``init_epochs``; ``None`` = 30 per 240 main epochs scaled to this
 run by :func:`kdbench.method.scaled_epochs`, at least 1; lr ``init_lr``, default 0.01)::
 
     loss_rec = mean_{b,c,h,w} (decoder(encoder(f_t)) − f_t)²            # rec_loss="mse"
     loss_rec = mean (decoder(encoder(f_t)) − f_t)² / mean(f_t²)         # rec_loss="relative_mse"
 
-The student is not run (``Stage(student="none")``). In the main stage the paraphraser is
+The student is not run (``Phase(student="none")``). In the main phase the paraphraser is
 frozen (:meth:`FT.main_modules` returns only the translator, so it is in eval mode and
 gets no gradient) and the teacher factor ``F_t = encoder(f_t)`` is computed without grad::
 
@@ -62,10 +62,10 @@ Deviations and choices (documented):
   resnet20 teacher diverges at 0.05 and trains stably at 0.01.
 * ``rec_loss="relative_mse"`` is a kdbench addition, not in the paper or the reference:
   the reconstruction MSE divided by the batch's mean squared teacher activation (detached),
-  which makes the stage's effective step size independent of the teacher's feature scale.
+  which makes the phase's effective step size independent of the teacher's feature scale.
   Use it for teachers with large activations (e.g. a barely trained teacher whose
   eval-mode BN statistics are off: the plain MSE then diverges even at lr 0.01). It does
-  not change the main-stage loss.
+  not change the main-phase loss.
 * Loss terms are computed in float32; the paper-mode norms use ``F.normalize`` (ε = 1e-12).
 """
 from __future__ import annotations
@@ -78,7 +78,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kdbench.data import Batch
-from kdbench.method import Method, MethodConfig, MethodContext, Needs, Stage, StepInfo, scaled_epochs
+from kdbench.method import Method, MethodConfig, MethodContext, Needs, Phase, StepInfo, scaled_epochs
 from kdbench.methods._common import pool_to_common
 from kdbench.methods.at import attention_map
 from kdbench.registry import register_method
@@ -137,23 +137,24 @@ class FT(Method):
         feat_weight: float = 200.0
         paraphrase_rate: float = 0.5  # k: factor channels = int(k · C_t)
         init_epochs: int | None = None  # paraphraser pre-training; None: 30 per 240 main epochs, scaled
-        init_lr: float | None = 0.01  # lr of the paraphraser stage (reference); None: the recipe's lr
+        init_lr: float | None = 0.01  # lr of the paraphraser phase (reference); None: the recipe's lr
         rec_loss: Literal["mse", "relative_mse"] = "mse"
         mode: Literal["code", "paper"] = "code"
+
+        def __post_init__(self) -> None:
+            if self.init_epochs is not None and self.init_epochs < 0:
+                raise ValueError(f"init_epochs must be >= 0 (or null: scaled from 30 of 240), got {self.init_epochs}")
+            if not self.paraphrase_rate > 0:
+                raise ValueError(f"paraphrase_rate must be > 0, got {self.paraphrase_rate}")
 
     needs = Needs(teacher=True, logits=True, stages=(-1,))
 
     @classmethod
-    def check(cls, cfg: MethodConfig, teacher_info: TapInfo | None, student_info: TapInfo) -> str | None:
-        reason = super().check(cfg, teacher_info, student_info)
-        if reason is not None:
-            return reason
+    def check_pair(cls, cfg: MethodConfig, teacher_info: TapInfo | None, student_info: TapInfo) -> str | None:
         assert teacher_info is not None
         if int(cfg.paraphrase_rate * teacher_info.stage_channels[-1]) < 1:
             return (f"ft paraphrase_rate={cfg.paraphrase_rate} leaves no factor channel for the teacher's "
                     f"{teacher_info.stage_channels[-1]} channels")
-        if cfg.init_epochs is not None and cfg.init_epochs < 0:
-            return f"ft init_epochs must be >= 0, got {cfg.init_epochs}"
         return None
 
     def __init__(self, cfg: Config, teacher_info: TapInfo | None, student_info: TapInfo, ctx: MethodContext):
@@ -166,7 +167,7 @@ class FT(Method):
         self.init_epochs = scaled_epochs(cfg.init_epochs, 30, ctx.epochs)
 
     def reconstruction_loss(self, s: Outputs | None, t: Outputs | None, batch: Batch, step: StepInfo) -> dict[str, Tensor]:
-        """Paraphraser stage: MSE (or relative MSE) between the reconstruction and the
+        """Paraphraser phase: MSE (or relative MSE) between the reconstruction and the
         teacher's last map."""
         assert t is not None
         f_t = t.stages[-1]
@@ -184,10 +185,10 @@ class FT(Method):
         factor_s = self.translator(s.stages[-1])
         return {"loss_ft": self.cfg.feat_weight * factor_loss(factor_s, factor_t, self.cfg.mode)}
 
-    def stages(self) -> list[Stage]:
+    def phases(self) -> list[Phase]:
         if self.init_epochs == 0:
             return []  # explicit init_epochs=0: the paraphraser stays at its random initialisation
-        return [Stage(name="paraphraser", epochs=self.init_epochs, loss=self.reconstruction_loss,
+        return [Phase(name="paraphraser", epochs=self.init_epochs, loss=self.reconstruction_loss,
                       modules=(self.paraphraser,), student="none", lr=self.cfg.init_lr, ce_weight=0.0,
                       needs_teacher=True)]
 

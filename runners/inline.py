@@ -2,7 +2,8 @@
 
 Teachers are trained first (each once), then the student runs in grid order. A failed run
 becomes a row and the grid goes on; Ctrl-C stops at once and a re-run resumes from the
-last epoch checkpoint.
+last epoch checkpoint. Each run is announced once and its outcome reported once, under the
+same name (:func:`kdbench.run.run_label`).
 """
 from __future__ import annotations
 
@@ -10,9 +11,9 @@ import logging
 from typing import Any
 
 from kdbench.registry import register_runner
-from kdbench.run import Session, execute
-from kdbench.spec import RunSpec
+from kdbench.run import Session, execute, run_label
 from kdbench.runners.base import teacher_specs
+from kdbench.spec import RunSpec
 
 log = logging.getLogger(__name__)
 
@@ -21,27 +22,28 @@ log = logging.getLogger(__name__)
 class InlineRunner:
     name = "inline"
 
-    def __init__(self, retry_failed: bool = False):
-        self.retry_failed = retry_failed
+    def __init__(self, keep_failed: bool = False):
+        self.keep_failed = keep_failed
 
     def submit(self, specs: list[RunSpec], session: Session) -> list[dict[str, Any]]:
         teachers = teacher_specs(specs)
         queue = teachers + [s for s in specs if s not in teachers]
         rows = []
         for i, spec in enumerate(queue, 1):
-            role = "teacher" if i <= len(teachers) else spec.method
-            log.info("[%d/%d] %s %s seed %d", i, len(queue), role, spec.pair, spec.seed)
-            row = execute(spec, session, retry_failed=self.retry_failed)
+            label = f"[{i}/{len(queue)}] {run_label(spec)}"
+            log.info("%s%s", label, " (teacher)" if i <= len(teachers) else "")
+            row = execute(spec, session, keep_failed=self.keep_failed)
             rows.append(row)
-            _log_row(row)
+            log.info("%s: %s", label, outcome(row))
         return rows
 
 
-def _log_row(row: dict[str, Any]) -> None:
+def outcome(row: dict[str, Any]) -> str:
+    """One line saying how a run ended (failures: the first line of the error)."""
     status = row.get("status")
     if status == "done":
-        log.info("    done: top1 %.2f (best %.2f) in %.1f s", row["top1_last"], row["top1_best"], row["wall_time_s"])
-    elif status == "skipped":
-        log.info("    skipped: %s", row.get("reason"))
-    else:
-        log.info("    %s: %s", status, row.get("error"))
+        return f"done, top1 {row['top1_last']:.2f} (best {row['top1_best']:.2f}) in {row['wall_time_s']:.1f} s"
+    if status == "skipped":
+        return f"skipped: {row.get('reason')}"
+    first_line = str(row.get("error") or "").strip().splitlines()[:1]
+    return f"{status}: {first_line[0] if first_line else ''} ({row.get('run_dir')})"

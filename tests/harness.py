@@ -1,4 +1,6 @@
-"""Build a method on a pair of real models, as the engine does, for unit tests."""
+"""Build a method on a pair of real models for unit tests, through the engine's own
+:func:`kdbench.build.build_run` (same order, same seeding; the teacher is the freshly
+built, untrained architecture)."""
 from __future__ import annotations
 
 import functools
@@ -7,17 +9,19 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from kdbench.build import Skipped, build_run
 from kdbench.data import Augment, Batch, ImageData, TrainData, epoch_generator
-from kdbench.method import Method, MethodContext, StepInfo, resolve_config
+from kdbench.method import Method, Phase, StepInfo
 from kdbench.models import create_model
 from kdbench.registry import METHODS
+from kdbench.spec import Recipe, RunSpec
 from kdbench.taps import TapInfo, measure
-from kdbench.train import stage_plan
+from kdbench.train import phase_plan
 
 
 @dataclass
 class Setup:
-    method: Method
+    method: Method | None
     student: nn.Module
     teacher: nn.Module | None
     data: TrainData
@@ -29,11 +33,11 @@ class Setup:
         gen = epoch_generator(0, 0, epoch)
         return self.data.make_batch(self.data.epoch_indices(gen)[0], gen)
 
-    def stages(self, epochs: int = 4):
-        return stage_plan(self.method, epochs)
+    def phases(self, epochs: int = 4) -> list[Phase]:
+        return phase_plan(self.method, epochs)
 
-    def step_info(self, stage, epoch: int = 1) -> StepInfo:
-        return StepInfo(stage=stage.name, epoch=epoch, epochs=stage.epochs, step=0,
+    def step_info(self, phase: Phase, epoch: int = 1) -> StepInfo:
+        return StepInfo(phase=phase.name, epoch=epoch, epochs=phase.epochs, step=0,
                         steps_per_epoch=self.data.steps_per_epoch())
 
 
@@ -48,26 +52,24 @@ def random_image_data(n_train: int = 40, n_test: int = 10, num_classes: int = 4,
 
 def build(method: str, teacher: str = "resnet20", student: str = "resnet8", overrides: dict | None = None,
           batch_size: int = 8, data: ImageData | None = None, epochs: int = 4) -> Setup:
-    torch.manual_seed(0)
+    """``method`` built on ``teacher -> student`` over ``data`` (random images by default);
+    a declined pair gives ``method=None`` and the reason in ``skip_reason``."""
     data = data or random_image_data()
     cls = METHODS.get(method)
-    cfg = resolve_config(cls, overrides or {})
-    td = TrainData(data, batch_size, torch.device("cpu"), seed=0)
-    ctx = MethodContext(num_classes=data.num_classes, num_train_samples=len(td), device=torch.device("cpu"),
-                        epochs=epochs, steps_per_epoch=td.steps_per_epoch(), teacher_arch=teacher if cls.needs.teacher else None,
-                        student_arch=student, dataset="random", input_size=data.input_size, train_labels=data.train_labels)
-    c, h, _ = data.input_size
-    s_model = cls.make_student(cfg, ctx) or create_model(student, data.num_classes, c, h)
-    t_model = create_model(teacher, data.num_classes, c, h) if cls.needs.teacher else None
-    s_info = measure(s_model, data.input_size)
-    t_info = measure(t_model, data.input_size) if t_model is not None else None
-    reason = cls.check(cfg, t_info, s_info)
-    m = cls(cfg, t_info, s_info, ctx) if reason is None else None
-    if t_model is not None:
-        t_model.eval().requires_grad_(False)
-    if m is not None:
-        td = m.wrap_train_dataset(td)
-    return Setup(m, s_model, t_model, td, s_info, t_info, reason)
+    spec = RunSpec(dataset="random", student=student, method=method, seed=0,
+                   recipe=Recipe(epochs=epochs, batch_size=batch_size),
+                   teacher=teacher if cls.needs().teacher else None,
+                   overrides=tuple(sorted((overrides or {}).items())))
+    try:
+        built = build_run(spec, data)
+    except Skipped as exc:
+        c, h, _ = data.input_size
+        s_model = create_model(student, data.num_classes, c, h)
+        t_model = create_model(teacher, data.num_classes, c, h)
+        return Setup(None, s_model, t_model, TrainData(data, batch_size, torch.device("cpu"), seed=0),
+                     measure(s_model, data.input_size), measure(t_model, data.input_size), str(exc))
+    return Setup(built.method, built.student, built.teacher, built.train_data, built.student_info,
+                 built.teacher_info, None)
 
 
 #: The CRD CIFAR-100 benchmark (Tian et al. 2020, Table 1 and 2): 7 same-family, then 6

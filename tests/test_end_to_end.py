@@ -28,11 +28,11 @@ def test_every_method_runs_one_epoch_on_digits_stages_included(one_epoch_grid, n
     assert 0 <= row["top1_last"] <= 100 and row["epochs"] == 1
     history = [json.loads(line) for line in (Path(row["run_dir"]) / "metrics.jsonl").read_text().splitlines()]
     cls = METHODS.get(name)
-    assert [h["stage"] for h in history][-1] == "main"
-    extra_stages = {h["stage"] for h in history} - {"main"}
-    assert all(h["stage"] in extra_stages or h["stage"] == "main" for h in history)
+    assert [h["phase"] for h in history][-1] == "main"
+    extra_stages = {h["phase"] for h in history} - {"main"}
+    assert all(h["phase"] in extra_stages or h["phase"] == "main" for h in history)
     assert all("loss" in h and h["loss"] == h["loss"] for h in history)  # finite, recorded per epoch
-    if cls.needs.teacher:
+    if cls.needs().teacher:
         assert row["teacher_top1"] is not None
 
 

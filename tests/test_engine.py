@@ -163,7 +163,7 @@ def test_main_stage_sees_the_same_batches_whether_or_not_a_pre_stage_ran(tmp_pat
     monkeypatch.setattr(Trainer, "train_epoch", spy_epoch)
     monkeypatch.setattr(TrainData, "make_batch", spy_batch)
     args = [*FAST, "--pairs", "resnet8->resnet8", "--methods", "fitnets", "--epochs", "1",
-            "--set", "fitnets.hint_stage_epochs=1", "--out", str(tmp_path)]
+            "--set", "fitnets.hint_phase_epochs=1", "--out", str(tmp_path)]
     assert kdbench_main.main(["run", *args]) == 0
     kd, hint, main = seen[("kd", "main")], seen[("fitnets", "hint")], seen[("fitnets", "main")]
     assert len(kd) == len(main) == len(hint) > 1
@@ -173,10 +173,10 @@ def test_main_stage_sees_the_same_batches_whether_or_not_a_pre_stage_ran(tmp_pat
 
 def test_a_pre_stage_named_main_is_refused():
     from harness import build
-    from kdbench.method import Stage
-    from kdbench.train import stage_plan
+    from kdbench.method import Phase
+    from kdbench.train import phase_plan
 
-    method = build("fitnets", overrides={"hint_stage_epochs": 1}).method
-    method.stages = lambda: [Stage(name="main", epochs=1, loss=method.loss)]
+    method = build("fitnets", overrides={"hint_phase_epochs": 1}).method
+    method.phases = lambda: [Phase(name="main", epochs=1, loss=method.loss)]
     with pytest.raises(ValueError, match="unique names other than 'main'"):
-        stage_plan(method, 2)
+        phase_plan(method, 2)

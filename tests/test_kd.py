@@ -3,7 +3,7 @@ import math
 
 import torch
 
-from kdbench.method import resolve_config
+from kdbench.config import resolve_config
 from kdbench.methods._common import kl_div_t
 from kdbench.methods.kd import KD
 from kdbench.taps import Outputs

@@ -11,13 +11,14 @@ import pytest
 import torch
 
 from kdbench.data import EvalData
-from kdbench.method import MethodContext, resolve_config
+from kdbench.method import MethodContext
+from kdbench.config import resolve_config
 from kdbench.methods.ab import AB, ABConnector, ab_stage_loss, connector_kind, stage_weights
 from kdbench.models import classifier_parameters
 from kdbench.spec import Recipe
 from kdbench.taps import Outputs, TapInfo
-from kdbench.train import Env, Trainer, configure_stage, stage_plan
-from kdbench.train import set_stage_modes as _set_modes  # the engine's own mode switch
+from kdbench.train import Env, Trainer, configure_phase, phase_plan
+from kdbench.train import set_phase_modes as _set_modes  # the engine's own mode switch
 
 from harness import build, random_image_data
 from harness import CRD_GRID, cifar_info
@@ -212,7 +213,7 @@ def test_defaults_are_the_reference_ones():
     cfg = resolve_config(AB, {})
     assert (cfg.ce_weight, cfg.margin, cfg.feat_weight) == (1.0, 1.0, 3 / 1000)
     assert (cfg.init_epochs, cfg.init_lr, cfg.spatial) == (None, None, "conv")
-    assert AB.needs.preact and AB.needs.stages == "all" and AB.needs.teacher
+    assert AB.needs().preact and AB.needs().stages == "all" and AB.needs().teacher
     i = info([3], [(2, 2)])
     assert AB(cfg, i, i, context(240)).init_epochs == 30
     assert AB(cfg, i, i, context(15)).init_epochs == 2
@@ -226,7 +227,7 @@ def test_defaults_are_the_reference_ones():
 def test_stage_plan_init_then_ce_only():
     i = info([3, 4], [(4, 4), (2, 2)])
     m = AB(resolve_config(AB, {"init_lr": 0.01}), info([6, 4], [(4, 4), (2, 2)]), i, context(240))
-    init, main = stage_plan(m, 240)
+    init, main = phase_plan(m, 240)
     assert (init.name, init.epochs, init.student, init.ce_weight, init.lr) == ("init", 30, "features", 0.0, 0.01)
     assert init.modules == (m.connectors,) and init.needs_teacher
     assert (main.name, main.epochs, main.student, main.ce_weight, main.modules) == ("main", 240, "all", 1.0, ())
@@ -237,14 +238,14 @@ def test_main_stage_freezes_the_connectors_in_eval_mode():
     setup = build("ab", "wrn_16_2", "resnet8")  # 1x1+BN connectors (32/64/128 vs 16/32/64 channels)
     m = setup.method
     assert [c.kind for c in m.connectors] == ["1x1", "1x1", "1x1"]
-    init, main = setup.stages()
-    init_params = {id(p) for p in configure_stage(setup.student, m, init)}
+    init, main = setup.phases()
+    init_params = {id(p) for p in configure_phase(setup.student, m, init)}
     assert all(id(p) in init_params for p in m.connectors.parameters())
     head = classifier_parameters(setup.student)
     assert head and not head & init_params  # the classifier does not train in the init stage
     _set_modes(setup.student, m, setup.teacher, init)
     assert all(mod.training for mod in m.connectors.modules())
-    main_params = {id(p) for p in configure_stage(setup.student, m, main)}
+    main_params = {id(p) for p in configure_phase(setup.student, m, main)}
     assert not any(id(p) in main_params or p.requires_grad for p in m.connectors.parameters())
     assert head <= main_params
     _set_modes(setup.student, m, setup.teacher, main)
@@ -270,13 +271,13 @@ def test_engine_run_trains_connectors_in_init_and_leaves_them_untouched_in_main(
             seen["requires_grad"] = any(p.requires_grad for p in m.connectors.parameters())
         return {}
 
-    m.loss = main_loss  # the main stage's loss, as stage_plan binds it
+    m.loss = main_loss  # the main stage's loss, as phase_plan binds it
     trainer = Trainer(student=student, teacher=setup.teacher, method=m, train_data=setup.data,
                       eval_data=EvalData(data.test_images, data.test_labels, data.mean, data.std, torch.device("cpu")),
                       recipe=Recipe(epochs=1, batch_size=8), lr=0.05, seed=0, env=Env(progress=False),
                       run_dir=tmp_path)
     result = trainer.fit()
-    assert [h["stage"] for h in result.history] == ["init", "main"]
+    assert [h["phase"] for h in result.history] == ["init", "main"]
     assert set(result.history[0]) >= {"loss_ab"} and "loss_ce" not in result.history[0]
     assert set(k for k in result.history[1] if k.startswith("loss_")) == {"loss_ce"}
     assert seen and not seen["training"] and not seen["requires_grad"]

@@ -4,7 +4,8 @@ import math
 import pytest
 import torch
 
-from kdbench.method import MethodContext, resolve_config
+from kdbench.method import MethodContext
+from kdbench.config import resolve_config
 from kdbench.methods.at import AT
 from kdbench.taps import Outputs, TapInfo
 from harness import CRD_GRID, cifar_info as info

@@ -13,7 +13,8 @@ from PIL import Image, ImageEnhance, ImageOps
 from torchvision.transforms.v2 import functional as TF
 
 from kdbench.data import Augment, ImageData, TrainData, epoch_generator
-from kdbench.method import MethodContext, resolve_config
+from kdbench.method import MethodContext
+from kdbench.config import resolve_config
 from kdbench.methods import _jda
 from kdbench.methods.ccd import CCD, JDATrainData, ccd_soft_terms
 from kdbench.taps import Outputs
@@ -448,4 +449,4 @@ def test_method_builds_with_context():
                         steps_per_epoch=4, teacher_arch="resnet32x4", student_arch="resnet8x4", dataset="t",
                         input_size=(3, 32, 32))
     m = CCD(resolve_config(CCD, {}), info("resnet32x4"), info("resnet8x4"), ctx)
-    assert m.extra_parameters() == 0 and m.stages() == []
+    assert m.extra_parameters() == 0 and m.phases() == []

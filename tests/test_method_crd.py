@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from kdbench.data import Batch, TrainData, epoch_generator, replace
-from kdbench.method import MethodContext, resolve_config
+from kdbench.method import MethodContext
+from kdbench.config import resolve_config
 from kdbench.taps import Outputs, TapInfo
 
 from kdbench.methods import crd
@@ -407,7 +408,7 @@ def test_defaults_are_the_reference_values():
     assert (cfg.feat_dim, cfg.num_negatives, cfg.nce_temperature, cfg.momentum) == (128, 16384, 0.07, 0.5)
     assert cfg.negatives_without_replacement is True  # RepDistiller's np.random.choice(replace=False)
     assert crd.NCE_EPS == 1e-7
-    assert crd.CRD.needs.embedding and crd.CRD.needs.teacher
+    assert crd.CRD.needs().embedding and crd.CRD.needs().teacher
 
 
 def test_check_serves_the_crd_grid_and_declines_without_teacher():

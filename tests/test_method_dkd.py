@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from kdbench.data import Batch
-from kdbench.method import MethodContext, StepInfo, resolve_config
+from kdbench.method import MethodContext, StepInfo
+from kdbench.config import resolve_config
 from kdbench.methods.dkd import BETA_PRESETS, DKD, nckd_loss, non_target_logits, tckd_loss, warmup_factor
 from kdbench.taps import Outputs
 from harness import CRD_GRID, cifar_info
@@ -29,7 +30,7 @@ def context(teacher="resnet32x4", student="resnet8x4", epochs=240) -> MethodCont
 
 
 def step(epoch: int) -> StepInfo:
-    return StepInfo(stage="main", epoch=epoch, epochs=240, step=0, steps_per_epoch=10)
+    return StepInfo(phase="main", epoch=epoch, epochs=240, step=0, steps_per_epoch=10)
 
 
 def out(z) -> Outputs:

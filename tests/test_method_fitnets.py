@@ -5,11 +5,12 @@ import pytest
 import torch
 from torch import nn
 
-from kdbench.method import MethodContext, StepInfo, resolve_config
+from kdbench.method import MethodContext, StepInfo
+from kdbench.config import resolve_config
 from kdbench.methods._common import bridge_kind
 from kdbench.methods.fitnets import FitNets, make_regressor
 from kdbench.taps import Outputs, TapInfo
-from kdbench.train import configure_stage, stage_losses
+from kdbench.train import configure_phase, phase_losses
 
 from harness import build
 from harness import CRD_GRID, cifar_info as info
@@ -56,7 +57,7 @@ def method_with_known_regressor(w, bias, s_shape, t_shape, **overrides) -> FitNe
 
 def test_defaults_are_the_reference_ones():
     cfg = resolve_config(FitNets, {})
-    assert (cfg.ce_weight, cfg.feat_weight, cfg.hint_layer, cfg.hint_stage_epochs, cfg.hint_lr) == (1.0, 100.0, 2, 0, None)
+    assert (cfg.ce_weight, cfg.feat_weight, cfg.hint_layer, cfg.hint_phase_epochs, cfg.hint_lr) == (1.0, 100.0, 2, 0, None)
 
 
 def test_golden_hint_loss_matches_naive_loops():
@@ -108,7 +109,7 @@ def test_check_declines_unbridgeable_ratios_and_missing_hint_layers():
         assert reason and "2x" in reason and "smaller" in reason, reason
     assert FitNets.check(cfg, t, fake_info((16, 32, 32), (32, 16, 16), (64, 8, 8))) is None
     reason = FitNets.check(resolve_config(FitNets, {"hint_layer": 4}), t, t)
-    assert reason and "hint_layer=4" in reason
+    assert reason and "stage index [3]" in reason and "3 stage(s)" in reason, reason  # hint_layer 4, 1-based
     assert "needs a teacher" in FitNets.check(cfg, None, t)
     assert "spatial" in FitNets.check(cfg, t, fake_info((16, 32, 32), (32, 16, 16), kind="gnn"))
 
@@ -130,27 +131,27 @@ def test_hint_layer_option_selects_the_stage():
 
 def test_default_is_one_stage_with_the_regressor_trained():
     setup = build("fitnets", "resnet20", "resnet8")
-    stages = setup.stages()
+    stages = setup.phases()
     assert [s.name for s in stages] == ["main"]
     assert stages[0].modules == (setup.method,) and stages[0].ce_weight == 1.0
 
 
 def test_hint_stage_trains_the_student_up_to_the_hint_and_the_regressor_only():
-    setup = build("fitnets", "resnet20", "resnet8", overrides={"hint_stage_epochs": 2, "hint_lr": 0.02})
+    setup = build("fitnets", "resnet20", "resnet8", overrides={"hint_phase_epochs": 2, "hint_lr": 0.02})
     m, student = setup.method, setup.student
-    stages = setup.stages(epochs=5)
+    stages = setup.phases(epochs=5)
     assert [s.name for s in stages] == ["hint", "main"]
     hint, main = stages
     assert (hint.epochs, hint.lr, hint.ce_weight, hint.student) == (2, 0.02, 0.0, "all")
     assert hint.modules == (m.regressor,)
     assert main.epochs == 5 and main.modules == (m,) and main.ce_weight == 1.0
 
-    params = configure_stage(student, m, hint)
+    params = configure_phase(student, m, hint)
     student.train()
     m.train()
     opt = torch.optim.SGD(params, lr=0.1, momentum=0.9, weight_decay=5e-4)
     before = {n: p.detach().clone() for n, p in student.named_parameters()}
-    _, terms = stage_losses(student, setup.teacher, hint, setup.batch(), setup.step_info(hint), setup.method.needs)
+    _, terms = phase_losses(student, setup.teacher, hint, setup.batch(), setup.step_info(hint), setup.method.needs())
     assert set(terms) == {"loss_hint"}  # no CE in the hint stage
     opt.zero_grad(set_to_none=True)
     sum(terms.values()).backward()
@@ -169,7 +170,7 @@ def test_loss_is_float32_under_bf16_inputs():
     setup = build("fitnets", "resnet20", "resnet8")
     s = Outputs(logits=torch.zeros(2, 4), embedding=torch.zeros(2, 64),
                 stages=tuple(torch.rand(2, c, h, h).bfloat16() for c, h in ((16, 32), (32, 16), (64, 8))))
-    step = StepInfo(stage="main", epoch=1, epochs=1, step=0, steps_per_epoch=1)
+    step = StepInfo(phase="main", epoch=1, epochs=1, step=0, steps_per_epoch=1)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = setup.method.loss(s, s, None, step)["loss_hint"]
     assert out.dtype == torch.float32

@@ -5,10 +5,11 @@ import pytest
 import torch
 from torch import nn
 
-from kdbench.method import MethodContext, resolve_config
+from kdbench.method import MethodContext
+from kdbench.config import resolve_config
 from kdbench.methods.ft import FT, factor_loss
 from kdbench.taps import Outputs, TapInfo
-from kdbench.train import configure_stage, set_stage_modes, stage_losses
+from kdbench.train import configure_phase, set_phase_modes, phase_losses
 
 from harness import build
 from harness import CRD_GRID, cifar_info as info
@@ -147,21 +148,21 @@ def test_paraphraser_and_translator_architecture():
 @pytest.mark.parametrize("epochs,explicit,expected", [(240, None, 30), (15, None, 2), (4, None, 1), (15, 5, 5)])
 def test_init_epochs_scale_with_the_main_schedule(epochs, explicit, expected):
     m = make(epochs=epochs, init_epochs=explicit, init_lr=0.01)
-    stages = m.stages()
+    stages = m.phases()
     assert [s.name for s in stages] == ["paraphraser"]
     (st,) = stages
     assert (st.epochs, st.lr, st.student, st.ce_weight, st.modules) == (expected, 0.01, "none", 0.0, (m.paraphraser,))
     assert m.main_modules() == [m.translator]
-    assert make(init_epochs=0).stages() == []
+    assert make(init_epochs=0).phases() == []
 
 
 def test_paraphraser_stage_trains_only_the_paraphraser():
     setup = build("ft", "resnet20", "resnet8")
     m = setup.method
-    para, main = setup.stages()
-    params = configure_stage(setup.student, m, para)
+    para, main = setup.phases()
+    params = configure_phase(setup.student, m, para)
     assert {id(p) for p in params} == {id(p) for p in m.paraphraser.parameters()}
-    _, terms = stage_losses(None, setup.teacher, para, setup.batch(), setup.step_info(para), setup.method.needs)
+    _, terms = phase_losses(None, setup.teacher, para, setup.batch(), setup.step_info(para), setup.method.needs())
     assert set(terms) == {"loss_rec"}
     sum(terms.values()).backward()
     assert all(p.grad is not None for p in m.paraphraser.parameters())
@@ -172,17 +173,17 @@ def test_paraphraser_stage_trains_only_the_paraphraser():
 def test_main_stage_freezes_the_paraphraser_in_eval_mode():
     setup = build("ft", "resnet20", "resnet8")
     m, student = setup.method, setup.student
-    _, main = setup.stages()
+    _, main = setup.phases()
     assert main.modules == (m.translator,)
-    params = configure_stage(student, m, main)
-    set_stage_modes(student, m, setup.teacher, main)  # the trainer's code
+    params = configure_phase(student, m, main)
+    set_phase_modes(student, m, setup.teacher, main)  # the trainer's code
     assert not m.paraphraser.training and all(not mod.training for mod in m.paraphraser.modules())
     assert m.translator.training and student.training
     assert all(not p.requires_grad for p in m.paraphraser.parameters())
     assert not {id(p) for p in m.paraphraser.parameters()} & {id(p) for p in params}
     before = {k: v.clone() for k, v in m.paraphraser.state_dict().items()}
     opt = torch.optim.SGD(params, lr=0.1, momentum=0.9, weight_decay=5e-4)
-    _, terms = stage_losses(student, setup.teacher, main, setup.batch(), setup.step_info(main), setup.method.needs)
+    _, terms = phase_losses(student, setup.teacher, main, setup.batch(), setup.step_info(main), setup.method.needs())
     assert set(terms) == {"loss_ce", "loss_ft"}
     opt.zero_grad(set_to_none=True)
     sum(terms.values()).backward()
@@ -224,9 +225,9 @@ def test_serves_every_crd_pair(teacher, student):
 def test_paper_mode_backpropagates_to_student_and_translator_only():
     setup = build("ft", "wrn_16_2", "resnet8", overrides={"mode": "paper"})
     m, student = setup.method, setup.student
-    _, main = setup.stages()
-    configure_stage(student, m, main)
-    _, terms = stage_losses(student, setup.teacher, main, setup.batch(), setup.step_info(main), setup.method.needs)
+    _, main = setup.phases()
+    configure_phase(student, m, main)
+    _, terms = phase_losses(student, setup.teacher, main, setup.batch(), setup.step_info(main), setup.method.needs())
     sum(terms.values()).backward()
     assert math.isfinite(terms["loss_ft"].item())
     assert all(p.grad is not None for p in m.translator.parameters())

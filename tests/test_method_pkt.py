@@ -3,7 +3,7 @@ import math
 
 import torch
 
-from kdbench.method import resolve_config
+from kdbench.config import resolve_config
 from kdbench.methods.pkt import PKT, pkt_loss, pkt_probabilities
 from kdbench.taps import Outputs, TapInfo
 from harness import CRD_GRID as CRD_PAIRS, cifar_info as info
@@ -81,7 +81,7 @@ def test_autocast_is_off():
 def test_pkt_method_weights_and_defaults():
     cfg = resolve_config(PKT, {})
     assert (cfg.ce_weight, cfg.feat_weight, cfg.eps) == (1.0, 30000.0, 1e-7)
-    assert PKT.needs.embedding and not PKT.needs.spatial
+    assert PKT.needs().embedding and not PKT.needs().spatial
     g = torch.Generator().manual_seed(2)
     es, et = torch.randn(5, 4, generator=g), torch.randn(5, 6, generator=g)
     s = Outputs(logits=torch.zeros(5, 3), embedding=es)

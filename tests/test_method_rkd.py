@@ -4,7 +4,7 @@ import math
 
 import torch
 
-from kdbench.method import resolve_config
+from kdbench.config import resolve_config
 from kdbench.methods.rkd import RKD, rkd_angle_loss, rkd_distance_loss
 from kdbench.taps import Outputs, TapInfo
 from harness import CRD_GRID as CRD_PAIRS, cifar_info as info
@@ -103,7 +103,7 @@ def test_teacher_side_has_no_gradient_and_student_side_has_one():
 def test_rkd_method_weights_and_defaults():
     cfg = resolve_config(RKD, {})
     assert (cfg.ce_weight, cfg.feat_weight, cfg.distance_weight, cfg.angle_weight) == (1.0, 1.0, 25.0, 50.0)
-    assert RKD.needs.embedding and not RKD.needs.spatial
+    assert RKD.needs().embedding and not RKD.needs().spatial
     es, et = random_pair(b=5, ds=4, dt=7, seed=4)
     s = Outputs(logits=torch.zeros(5, 3), embedding=es)
     t = Outputs(logits=torch.zeros(5, 3), embedding=et)

@@ -3,7 +3,7 @@ import math
 
 import torch
 
-from kdbench.method import resolve_config
+from kdbench.config import resolve_config
 from kdbench.methods.sp import SP, sp_loss
 from kdbench.models import create_model
 from kdbench.taps import Outputs, TapInfo
@@ -51,7 +51,7 @@ def test_sp_hand_checkable_cases():
 def test_sp_method_weights_the_term_and_defaults_are_the_reference_ones():
     cfg = resolve_config(SP, {})
     assert (cfg.ce_weight, cfg.feat_weight) == (1.0, 3000.0)
-    assert SP.needs.stages == (-1,) and SP.needs.teacher
+    assert SP.needs().stages == (-1,) and SP.needs().teacher
     g = torch.Generator().manual_seed(2)
     early_s, early_t = torch.randn(3, 2, 8, 8, generator=g), torch.randn(3, 2, 8, 8, generator=g)
     fs, ft = torch.randn(3, 4, 2, 2, generator=g), torch.randn(3, 8, 1, 1, generator=g)

@@ -5,10 +5,11 @@ import pytest
 import torch
 from torch import nn
 
-from kdbench.method import MethodContext, resolve_config
+from kdbench.method import MethodContext
+from kdbench.config import resolve_config
 from kdbench.methods.vid import VID
 from kdbench.taps import Outputs, TapInfo
-from kdbench.train import configure_stage, stage_plan
+from kdbench.train import configure_phase, phase_plan
 from harness import CRD_GRID as CRD_PAIRS, cifar_info as info
 
 CTX = MethodContext(num_classes=5, num_train_samples=10, device=torch.device("cpu"), epochs=1, steps_per_epoch=1,
@@ -142,8 +143,8 @@ def test_theta_and_regressors_are_registered_and_get_gradients():
     assert all(id(th) in params for th in m.theta)
     assert all(id(p) in params for p in m.regressors.parameters())
     assert any(name.startswith("theta.") for name in m.state_dict())
-    main = stage_plan(m, 1)[-1]
-    trainable = {id(p) for p in configure_stage(nn.Linear(1, 1), m, main)}
+    main = phase_plan(m, 1)[-1]
+    trainable = {id(p) for p in configure_phase(nn.Linear(1, 1), m, main)}
     assert all(id(th) in trainable for th in m.theta)
     s, t = random_outputs()
     s = Outputs(logits=s.logits, embedding=s.embedding, stages=tuple(f.requires_grad_(True) for f in s.stages))
@@ -166,7 +167,7 @@ def test_autocast_is_off():
 def test_defaults_and_config_validation():
     cfg = resolve_config(VID, {})
     assert (cfg.ce_weight, cfg.feat_weight, cfg.init_var, cfg.var_eps) == (1.0, 1.0, 5.0, 1e-5)
-    assert VID.needs.stages == "all"
+    assert VID.needs().stages == "all"
     with pytest.raises(ValueError, match="init_var"):
         resolve_config(VID, {"init_var": 0.0})
     m = make_vid(init_var=2.0)

@@ -7,7 +7,7 @@ import torch
 
 from kdbench.method import Method, MethodConfig
 from kdbench.registry import METHODS
-from kdbench.train import configure_stage, stage_losses
+from kdbench.train import configure_phase, phase_losses
 
 from harness import build
 
@@ -37,8 +37,8 @@ def test_one_backward_reaches_every_trainable_parameter_and_never_the_teacher(na
         pytest.skip(f"{name} declines {teacher}->{student}: {setup.skip_reason}")
     m = setup.method
     teacher_state = {k: v.clone() for k, v in setup.teacher.state_dict().items()} if setup.teacher else {}
-    for stage in setup.stages():
-        params = configure_stage(setup.student, m, stage)
+    for stage in setup.phases():
+        params = configure_phase(setup.student, m, stage)
         setup.student.train(stage.student != "none")
         m.eval()
         for mod in stage.modules:
@@ -47,8 +47,8 @@ def test_one_backward_reaches_every_trainable_parameter_and_never_the_teacher(na
             p.grad = None
         batch = setup.batch()
         use_teacher = setup.teacher if stage.needs_teacher else None
-        _, terms = stage_losses(setup.student if stage.student != "none" else None, use_teacher, stage, batch,
-                                setup.step_info(stage), m.needs)
+        _, terms = phase_losses(setup.student if stage.student != "none" else None, use_teacher, stage, batch,
+                                setup.step_info(stage), m.needs())
         for k, v in terms.items():
             assert k.startswith("loss_") and v.dim() == 0 and math.isfinite(v.item()), (k, v)
         sum(terms.values()).backward()
