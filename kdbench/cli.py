@@ -29,20 +29,30 @@ def _grid_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--batch-size", type=int, help="batch size (default: the dataset's recipe)")
     g.add_argument("--lr", type=float, help="learning rate (default: the dataset's recipe)")
     g.add_argument("--teacher-seed", type=int, help="seed of the teachers' training (default 0)")
-    g.add_argument("--teacher-epochs", type=int, help="epochs of the teachers' training (default: --epochs)")
+    g.add_argument("--teacher-epochs", type=int,
+                   help="epochs of the teachers' training (default: the dataset's teacher epochs, e.g. 15 for digits; "
+                        "for a dataset without them, --epochs)")
     g.add_argument("--set", dest="assignments", action="append", default=[], metavar="METHOD.OPTION=VALUE",
                    help="override a method option, e.g. --set kd.temperature=2 (repeatable)")
     g.add_argument("--teacher-ckpt", action="append", default=[], metavar="ARCH=PATH",
                    help="use this checkpoint for teacher ARCH instead of training it (repeatable)")
-    g.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
+    _import_arg(g)
+    _out_arg(g)
+
+
+def _import_arg(p: Any, dest: str = "imports") -> None:
+    p.add_argument("--import", dest=dest, action="append", default=[], metavar="MODULE",
                    help="import a module that registers methods/models/datasets (repeatable)")
-    g.add_argument("--out", default=os.environ.get("KDBENCH_OUT", DEFAULT_OUT),
+
+
+def _out_arg(p: Any, dest: str = "out") -> None:
+    p.add_argument("--out", dest=dest, default=None,
                    help=f"results folder (default: $KDBENCH_OUT or ./{DEFAULT_OUT})")
 
 
 def _env_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("execution (does not change results or run keys, except --amp)")
-    g.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:1, …")
+    g.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or mps")
     g.add_argument("--amp", action="store_true", help="bf16 autocast (part of the run key)")
     g.add_argument("--channels-last", action="store_true", help="channels_last memory format")
     g.add_argument("--data-root", help="data root (default: $KDBENCH_DATA or ~/.cache/kdbench/data)")
@@ -64,22 +74,46 @@ def _verbosity_args(p: argparse.ArgumentParser, top_level: bool = False) -> None
 
 
 _VERBOSITY_FLAGS = frozenset({"-v", "-vv", "-vvv", "--verbose", "-q", "--quiet"})
+#: Options with a value that may also come before the subcommand (``kdbench --out D status``).
+_GLOBAL_VALUE_FLAGS = frozenset({"--import", "--out"})
+
+
+def _leading_global_options(argv: list[str]) -> int:
+    """How many leading items of ``argv`` are global options (-v/-q, --import M, --out D)."""
+    i = 0
+    while i < len(argv):
+        if argv[i] in _VERBOSITY_FLAGS or ("=" in argv[i] and argv[i].partition("=")[0] in _GLOBAL_VALUE_FLAGS):
+            i += 1
+        elif argv[i] in _GLOBAL_VALUE_FLAGS:
+            i += 2
+        else:
+            break
+    return min(i, len(argv))
 
 
 def with_default_command(argv: list[str]) -> list[str]:
     """``argv`` with ``run`` inserted where no subcommand was named: after any leading
-    -v/-q, when nothing or an option (other than -h/--help) follows them."""
-    i = 0
-    while i < len(argv) and argv[i] in _VERBOSITY_FLAGS:
-        i += 1
+    global options, when nothing or an option (other than -h/--help) follows them."""
+    i = _leading_global_options(argv)
     if i == len(argv) or (argv[i].startswith("-") and argv[i] not in ("-h", "--help")):
         return [*argv[:i], "run", *argv[i:]]
     return argv
 
 
+def merge_global_options(args: argparse.Namespace) -> argparse.Namespace:
+    """Fold options given before the subcommand into the subcommand's: modules to import
+    add up; ``--out`` after the subcommand wins, then before it, then $KDBENCH_OUT."""
+    args.imports = list(getattr(args, "global_imports", [])) + list(getattr(args, "imports", None) or [])
+    args.out = getattr(args, "out", None) or getattr(args, "global_out", None) or \
+        os.environ.get("KDBENCH_OUT") or DEFAULT_OUT
+    return args
+
+
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kdbench", description="Benchmark knowledge-distillation methods.")
     _verbosity_args(parser, top_level=True)
+    _import_arg(parser, dest="global_imports")
+    _out_arg(parser, dest="global_out")
     sub = parser.add_subparsers(dest="command")
 
     run = sub.add_parser("run", help="train the grid (resumes; never redoes a finished run) and print the leaderboard")
@@ -90,15 +124,15 @@ def make_parser() -> argparse.ArgumentParser:
 
     lst = sub.add_parser("list", help="list methods, models, datasets, pairs, runners or trained teachers")
     lst.add_argument("what", choices=["methods", "models", "datasets", "pairs", "runners", "teachers"])
-    lst.add_argument("--out", default=os.environ.get("KDBENCH_OUT", DEFAULT_OUT), help="results folder (teachers)")
     lst.add_argument("pattern", nargs="?", default="*", help="fnmatch pattern, e.g. 'resnet*'")
-    lst.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE")
+    _out_arg(lst)
+    _import_arg(lst)
 
     status = sub.add_parser("status", help="done / pending / running / failed / skipped per run of a grid")
     _grid_args(status)
 
     report = sub.add_parser("report", help="leaderboards from a results folder")
-    report.add_argument("--out", default=os.environ.get("KDBENCH_OUT", DEFAULT_OUT), help="results folder")
+    _out_arg(report)
     report.add_argument("--dataset", help="dataset to report (required if the folder holds several)")
     report.add_argument("--metric", default="last", choices=["last", "best", "top5", "time"])
     report.add_argument("--format", default="terminal", choices=["terminal", "md", "csv"])
@@ -157,7 +191,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         return _print_status(specs, store)
     env = Env(device=args.device, channels_last=args.channels_last, data_root=args.data_root,
               download=args.download, progress=False if args.no_progress else None)
-    env.torch_device  # fail fast on --device cuda without CUDA
+    env.torch_device  # fail fast on --device tpu, or cuda without CUDA
+    store.check_writable()  # --out a file or read-only: an error before the dataset loads
     runner_opts = dict(grid.runner)
     runner_name = args.runner or runner_opts.pop("name", "inline")
     runner_opts.pop("name", None)
@@ -168,24 +203,47 @@ def cmd_run(args: argparse.Namespace) -> int:
     log.info("grid: %s, %d pair(s), %d method(s), %d seed(s) -> %d runs (+ %d teacher(s)) into %s",
              grid.dataset, len(grid.pairs), len(grid.method_names()), len(grid.seeds), len(specs), n_teachers,
              store.root)
-    rows = runner.submit(specs, session)
-    _print_leaderboard(store, grid, args.metric)
+    try:
+        rows = runner.submit(specs, session)
+    except KeyboardInterrupt:
+        log.warning("interrupted: finished runs are kept; re-run the same command to resume")
+        _print_leaderboard(store, grid, specs, args.metric)
+        return 130
+    _print_leaderboard(store, grid, specs, args.metric)
     failed = [r for r in rows if r.get("status") == "failed"]
     return 1 if failed else 0
 
 
-def _print_leaderboard(store: Any, grid: Grid, metric: str) -> None:
-    from kdbench.reports.leaderboard import build_leaderboard, rows_frame
-    from kdbench.reports.render import render_terminal
+def grid_run_keys(specs: list) -> set[str]:
+    """The run keys of ``specs`` and of the teacher runs they depend on."""
+    from kdbench.run import resolve
 
-    df = rows_frame(store.iter_results())
+    keys = set()
+    for spec in specs:
+        keys.add(resolve(spec).key)
+        teacher = spec.teacher_spec()
+        if teacher is not None:
+            keys.add(resolve(teacher).key)
+    return keys
+
+
+def _print_leaderboard(store: Any, grid: Grid, specs: list, metric: str) -> None:
+    """The leaderboards (``metric`` and wall time) of this grid's runs only: other runs in
+    the same folder (another recipe, other options) are never mixed in."""
+    from kdbench.reports.leaderboard import build_leaderboards, rows_frame
+    from kdbench.reports.render import render_tables
+
+    keys = grid_run_keys(specs)
+    df = rows_frame(r for r in store.iter_results() if r.get("run_key") in keys)
     if df.empty:
+        log.info("no finished runs of this grid to show yet")
         return
     color = sys.stdout.isatty()
     for m in (metric, "time"):
-        table = build_leaderboard(df, grid.dataset, m, pairs=grid.pairs, methods=grid.method_names(),
-                                  expected_seeds=len(grid.seeds))
-        sys.stdout.write(render_terminal(table, color=color) + "\n")
+        tables = build_leaderboards(df, grid.dataset, m, pairs=grid.pairs, methods=grid.method_names(),
+                                    expected_seeds=len(grid.seeds))
+        if tables:
+            sys.stdout.write(render_tables(tables, color=color) + "\n")
 
 
 def _print_status(specs: list, store: Any) -> int:
@@ -193,18 +251,41 @@ def _print_status(specs: list, store: Any) -> int:
 
     from kdbench.run import resolve, run_dir_of
 
-    lines, counts = [], {}
+    lines, counts, warnings = [], {}, []
     for spec in specs:
         resolved = resolve(spec)
-        run_dir = run_dir_of(store, resolved)
-        state = store.state(run_dir)
+        state, detail, warning = _run_state(run_dir_of(store, resolved))
         counts[state] = counts.get(state, 0) + 1
-        row = store.result(run_dir) or {}
-        detail = row.get("reason") or row.get("error") or (f"{row['top1_last']:.2f}" if "top1_last" in row else "")
-        lines.append([spec.method, spec.pair, spec.seed, state, resolved.key, str(detail)[:80]])
+        shown = "invalid (will be redone)" if state == "invalid" else state
+        lines.append([spec.method, spec.pair, spec.seed, shown, resolved.key, detail])
+        warnings.extend(filter(None, [warning]))
     sys.stdout.write(tabulate(lines, headers=["method", "pair", "seed", "state", "key", "top1 / reason"]) + "\n")
     sys.stdout.write(", ".join(f"{v} {k}" for k, v in sorted(counts.items())) + f" of {len(specs)} runs\n")
+    if counts.get("failed"):
+        sys.stdout.write("failed runs: re-run the same command to retry (full errors in each run folder's "
+                         "result.json)\n")
+    for warning in warnings:
+        log.warning("%s", warning)
     return 0
+
+
+def _run_state(run_dir: Path) -> tuple[str, str, str | None]:
+    """(state, one-line detail, warning naming a file or None) of one run folder."""
+    from kdbench.reports.leaderboard import one_line
+    from kdbench.store import RESULT, Store, metrics_problem, read_result
+
+    state = Store.state(run_dir)
+    row, problem = read_result(run_dir / RESULT)
+    if problem:
+        return state, one_line(f"result.json {problem}", 80), f"{run_dir / RESULT} {problem}: the run will be redone"
+    if row is None:
+        return state, "", None
+    if state == "failed":
+        return state, one_line(row["error"], 80), None
+    if state == "skipped":
+        return state, one_line(row["reason"], 80), None
+    warning = metrics_problem(run_dir, row)
+    return state, f"{row['top1_last']:.2f}" + (" (metrics.jsonl cut short)" if warning else ""), warning
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -260,19 +341,27 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from kdbench.reports.leaderboard import build_leaderboard, rows_frame
-    from kdbench.reports.render import RENDERERS, render_terminal
+    from kdbench.reports.leaderboard import build_leaderboards, rows_frame
+    from kdbench.reports.render import render_tables
     from kdbench.store import Store
 
     store = Store(args.out)
+    for problem in store.problems():
+        log.warning("%s", problem)
     df = rows_frame(store.iter_results())
     if df.empty:
         raise GridError(f"no results under {store.root / 'runs'}; run `kdbench run --out {args.out}` first")
-    table = build_leaderboard(df, args.dataset, args.metric)
-    if args.format == "terminal":
-        text = render_terminal(table, color=sys.stdout.isatty() and not args.output)
-    else:
-        text = RENDERERS[args.format](table)
+    held = sorted(set(df["dataset"].dropna()))
+    if args.dataset is not None and args.dataset not in held:
+        raise GridError(f"no results for dataset {args.dataset!r} in {store.root}; it holds: {', '.join(held)}")
+    tables = build_leaderboards(df, args.dataset, args.metric)
+    if not tables:
+        raise GridError(f"no distillation runs for {args.dataset or held[0]} in {store.root} (only teacher or "
+                        f"vanilla runs); it holds: {', '.join(held)}")
+    if len(tables) > 1:
+        log.warning("%s holds runs of %d recipes: one table per recipe, never averaged together", store.root,
+                    len(tables))
+    text = render_tables(tables, args.format, color=sys.stdout.isatty() and not args.output)
     if args.output:
         Path(args.output).write_text(text)
         log.info("wrote %s", args.output)
@@ -286,7 +375,7 @@ COMMANDS = {"run": cmd_run, "list": cmd_list, "status": cmd_status, "report": cm
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = make_parser()
-    args = parser.parse_args(with_default_command(list(sys.argv[1:] if argv is None else argv)))
+    args = merge_global_options(parser.parse_args(with_default_command(list(sys.argv[1:] if argv is None else argv))))
     setup_logging(args.verbose, args.quiet)
     try:
         return COMMANDS[args.command](args)

@@ -33,7 +33,7 @@ import yaml
 
 from kdbench.config import resolve_config
 from kdbench.registry import METHODS, MODELS, UnknownNameError, import_user_modules
-from kdbench.spec import Recipe, RunSpec
+from kdbench.spec import Recipe, RecipeError, RunSpec
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +69,10 @@ DEFAULT_PAIRS = {"digits": "digits", "cifar100": "crd", "cifar10": "crd", "mini_
 
 #: Methods every grid includes, first.
 BASELINES = ("vanilla", "kd")
+
+#: Seeds are integers in [0, SEED_MAX] (what every RNG accepts); a count is at most MAX_SEED_COUNT.
+SEED_MAX = 2**31 - 1
+MAX_SEED_COUNT = 1000
 
 GRID_KEYS = {"dataset", "pairs", "methods", "seeds", "epochs", "recipe", "teacher_seed", "teacher_epochs", "teachers",
              "overrides", "imports", "runner"}
@@ -184,6 +188,9 @@ def parse_pairs(text: str | list | tuple | None, dataset: str) -> list[tuple[str
     """A preset name, ``"t->s,t2->s2"`` or a list of such strings / [t, s] pairs."""
     if text is None or text == "":
         text = DEFAULT_PAIRS.get(dataset, "digits")
+    if not isinstance(text, (str, list, tuple)):
+        raise GridError(f"pairs must be a preset name ({', '.join(PAIR_PRESETS)}), 'teacher->student,…' or a list "
+                        f"of 'teacher->student', got {text!r}")
     items: list[Any]
     if isinstance(text, str):
         if text in PAIR_PRESETS:
@@ -222,22 +229,41 @@ def parse_methods(value: str | list | None) -> list[str]:
 
 
 def parse_seeds(value: int | str | list | None) -> list[int]:
+    """A count N (seeds 0..N-1, N at most :data:`MAX_SEED_COUNT`), ``"0,3,7"`` or a list of
+    distinct integers in [0, :data:`SEED_MAX`]."""
     if value is None:
         return [0, 1]
-    if isinstance(value, bool):
-        raise GridError(f"seeds must be a count or a list of integers, got {value!r}")
-    if isinstance(value, int):
-        if value < 1:
-            raise GridError(f"seeds must be >= 1, got {value}")
-        return list(range(value))
     if isinstance(value, str):
         try:
-            return parse_seeds(int(value)) if "," not in value else [int(v) for v in value.split(",")]
+            value = int(value) if "," not in value else [int(v) for v in value.split(",")]
         except ValueError:
             raise GridError(f"seeds must be a count or a comma-separated list of integers, got {value!r}") from None
-    if isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+    if _is_int(value):
+        if not 1 <= value <= MAX_SEED_COUNT:
+            raise GridError(f"a seed count must be in [1, {MAX_SEED_COUNT}], got {value}; "
+                            f"for particular seeds give a list, e.g. --seeds 0,3,7")
+        return list(range(value))
+    if isinstance(value, list) and value and all(_is_int(v) for v in value):
+        bad = [v for v in value if not 0 <= v <= SEED_MAX]
+        if bad:
+            raise GridError(f"seeds must be integers in [0, {SEED_MAX}], got {bad[0]}")
+        repeated = sorted({v for v in value if value.count(v) > 1})
+        if repeated:
+            raise GridError(f"seeds lists seed(s) {', '.join(map(str, repeated))} more than once: {value}")
         return list(value)
-    raise GridError(f"seeds must be a count or a list of integers, got {value!r}")
+    raise GridError(f"seeds must be a count or a non-empty list of integers, got {value!r}")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def checked_int(key: str, value: Any, low: int, high: int | None = None) -> int:
+    """``value`` if it is an integer in [low, high], else a :class:`GridError` naming ``key``."""
+    if _is_int(value) and value >= low and (high is None or value <= high):
+        return value
+    valid = f"an integer in [{low}, {high}]" if high is not None else f"an integer >= {low}"
+    raise GridError(f"{key} must be {valid}, got {value!r}")
 
 
 def load_grid_file(path: str | Path) -> dict[str, Any]:
@@ -249,8 +275,9 @@ def load_grid_file(path: str | Path) -> dict[str, Any]:
         raise GridError(f"grid file {path} does not exist") from None
     except yaml.YAMLError as exc:
         raise GridError(f"grid file {path} is not valid YAML: {exc}") from None
-    if data is None:
-        data = {}
+    if data is None or data == {}:
+        raise GridError(f"grid file {path} is empty: give at least one of {', '.join(sorted(GRID_KEYS))} "
+                        f"(without --grid the default grid runs)")
     if not isinstance(data, dict):
         raise GridError(f"grid file {path}: the top level must be a mapping of {sorted(GRID_KEYS)}")
     unknown = sorted(set(data) - GRID_KEYS)
@@ -278,8 +305,9 @@ def build_grid(file_values: dict[str, Any] | None = None, **flags: Any) -> Grid:
         pairs=parse_pairs(values.get("pairs"), dataset),
         methods=parse_methods(values.get("methods")),
         seeds=parse_seeds(values.get("seeds")),
-        teacher_seed=int(values.get("teacher_seed", 0)),
-        teacher_epochs=None if values.get("teacher_epochs") is None else int(values["teacher_epochs"]),
+        teacher_seed=checked_int("teacher_seed", values.get("teacher_seed", 0), 0, SEED_MAX),
+        teacher_epochs=None if values.get("teacher_epochs") is None
+        else checked_int("teacher_epochs", values["teacher_epochs"], 1),
         teachers={str(k): str(v) for k, v in (values.get("teachers") or {}).items()},
         overrides={str(k): dict(v) if isinstance(v, dict) else v for k, v in (values.get("overrides") or {}).items()},
         imports=[str(m) for m in (values.get("imports") or [])],
@@ -287,12 +315,14 @@ def build_grid(file_values: dict[str, Any] | None = None, **flags: Any) -> Grid:
     )
     recipe_changes = dict(values.get("recipe") or {})
     if values.get("epochs") is not None:
-        recipe_changes["epochs"] = int(values["epochs"])
+        recipe_changes["epochs"] = values["epochs"]  # checked by Recipe: 1.7 is an error, not 1
     if values.get("amp"):
         recipe_changes["amp"] = True
     if recipe_changes:
         try:
             grid.recipe = dataset_entry(dataset).recipe.replace(**recipe_changes)
+        except RecipeError as exc:  # names the field already
+            raise GridError(str(exc)) from None
         except (TypeError, ValueError) as exc:
             raise GridError(f"recipe: {exc}") from None
     return grid

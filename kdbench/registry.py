@@ -120,7 +120,11 @@ class Registry:
         return self._meta.get(name, {})
 
     def unknown_message(self, name: str) -> str:
+        """Why ``name`` cannot be had: a plugin of that name that failed to load says so
+        (with its import error); otherwise close matches and everything available."""
         names = self.list()
+        if name in self.failed_plugins:
+            return f"{self.kind} {name!r} could not be loaded: {self.failed_plugins[name]}"
         close = difflib.get_close_matches(name, names, n=3, cutoff=0.5)
         hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
         extra = "".join(f", {p}:<name>" for p in sorted(self._prefixes))
@@ -153,15 +157,22 @@ def import_submodules(package: str) -> None:
 
 
 def import_user_modules(modules: list[str] | tuple[str, ...]) -> None:
-    """Import unpackaged research code named by ``--import`` (its decorators register)."""
+    """Import unpackaged research code named by ``--import`` (its decorators register).
+
+    Raises :class:`ImportError` saying whether the module itself was not found or was
+    found but failed while importing (a dependency it imports is missing, an error in it).
+    """
     for module in modules:
         try:
             importlib.import_module(module)
-        except ImportError as exc:
-            raise ImportError(
-                f"--import {module!r} failed: {exc}. The module must be importable from the "
-                f"current directory or PYTHONPATH (e.g. 'mypkg.my_method' for mypkg/my_method.py)."
-            ) from exc
+        except ModuleNotFoundError as exc:
+            if exc.name and (module == exc.name or module.startswith(exc.name + ".")):
+                raise ImportError(
+                    f"--import {module!r} failed: no module {exc.name!r} on the current directory or PYTHONPATH "
+                    f"(e.g. 'mypkg.my_method' for mypkg/my_method.py, with PYTHONPATH=.)") from exc
+            raise ImportError(f"importing {module!r} failed: {exc}") from exc
+        except Exception as exc:  # the module was found; its own code raised
+            raise ImportError(f"importing {module!r} failed: {type(exc).__name__}: {exc}") from exc
 
 
 METHODS = Registry("method", ("kdbench.methods",), "kdbench.methods")

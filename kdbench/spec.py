@@ -12,13 +12,63 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 #: Bump when the engine changes in a way that changes results (part of every key).
 ENGINE_VERSION = 1
+
+
+class RecipeError(ValueError):
+    """A recipe value of the wrong type or out of range; the message names the field and
+    what is valid."""
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_finite(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+#: Recipe field -> (test, what is valid). Values are never coerced: 1.7 epochs is an
+#: error, not 1, and "fast" is not a learning rate.
+RECIPE_CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "epochs": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+    "batch_size": (lambda v: _is_int(v) and v >= 2, "an integer >= 2"),
+    "lr": (lambda v: _is_finite(v) and v > 0, "a finite number > 0"),
+    "lr_lightweight": (lambda v: _is_finite(v) and v > 0, "a finite number > 0"),
+    "momentum": (lambda v: _is_finite(v) and 0 <= v < 1, "a number in [0, 1)"),
+    "weight_decay": (lambda v: _is_finite(v) and v >= 0, "a finite number >= 0"),
+    "lr_milestones": (lambda v: isinstance(v, tuple) and all(_is_finite(m) and 0 < m <= 1 for m in v),
+                      "a list of fractions of the epochs, each in (0, 1]"),
+    "lr_decay": (lambda v: _is_finite(v) and 0 < v <= 1, "a number in (0, 1]"),
+    "amp": (lambda v: isinstance(v, bool), "true or false"),
+}
+
+
+def check_recipe_values(recipe: "Recipe") -> None:
+    """Raise :class:`RecipeError` for the first field of ``recipe`` that
+    :data:`RECIPE_CHECKS` rejects (``recipe.lr must be a finite number > 0, got -1.0``)."""
+    for name, (ok, valid) in RECIPE_CHECKS.items():
+        value = getattr(recipe, name)
+        if not ok(value):
+            raise RecipeError(f"recipe.{name} must be {valid}, got {value!r}{_text_hint(value)}")
+
+
+def _text_hint(value: Any) -> str:
+    """A hint for numbers that arrived as text (YAML 1.1 reads ``5e-4`` as a string)."""
+    if not isinstance(value, str):
+        return ""
+    try:
+        number = float(value)
+    except ValueError:
+        return ""
+    return " (text, not a number: in YAML write 5.0e-4, not 5e-4)" if math.isfinite(number) else ""
 
 
 @dataclass(frozen=True)
@@ -46,12 +96,7 @@ class Recipe:
     augment: str = "crop"
 
     def __post_init__(self) -> None:
-        if self.epochs < 1:
-            raise ValueError(f"recipe epochs must be >= 1, got {self.epochs}")
-        if self.batch_size < 2:
-            raise ValueError(f"recipe batch_size must be >= 2, got {self.batch_size}")
-        if any(not 0 < m <= 1 for m in self.lr_milestones):
-            raise ValueError(f"lr_milestones are fractions of the epochs in (0, 1], got {self.lr_milestones}")
+        check_recipe_values(self)
         if self.augment not in ("crop", "rotate"):
             raise ValueError(f"recipe augment must be 'crop' or 'rotate', got {self.augment!r}")
 
@@ -67,7 +112,7 @@ class Recipe:
         unknown = set(changes) - fields
         if unknown:
             raise ValueError(f"unknown recipe field(s) {sorted(unknown)}; valid: {sorted(fields)}")
-        if "lr_milestones" in changes:
+        if isinstance(changes.get("lr_milestones"), list):
             changes["lr_milestones"] = tuple(changes["lr_milestones"])
         return dataclasses.replace(self, **changes)
 

@@ -13,7 +13,8 @@ Layout (DESIGN §9)::
 Runs without a teacher (vanilla, and the teachers themselves) live under
 ``none__<student>``. Identity is always read from ``result.json``/``spec.json``, never
 parsed back from the path. One file per run keeps shared cluster file systems safe: no
-two jobs ever write the same file.
+two jobs ever write the same file. Files get the mode the umask gives (0644 under 022).
+A ``result.json`` lacking what its status requires is *invalid* and treated as absent.
 """
 from __future__ import annotations
 
@@ -46,11 +47,23 @@ def safe_name(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.+-]+", "_", text).strip("_") or "_"
 
 
+def current_umask() -> int:
+    """The process's file-mode creation mask (read by setting it and putting it back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temp file in the same folder and ``os.replace``."""
+    """Write ``data`` to ``path`` via a temp file in the same folder and ``os.replace``.
+
+    The file gets the mode a plain ``open`` would give it (0666 minus the umask, e.g. 0644),
+    not the temp file's private 0600: colleagues on a shared file system can read results.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~current_umask())
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -163,6 +176,86 @@ class RunLock:
         self.release()
 
 
+#: Fields every result row holds (its identity), and the fields each status adds. A
+#: ``result.json`` without them is *invalid*: treated as absent, so the run is redone.
+IDENTITY_FIELDS = ("run_key", "dataset", "student", "method", "seed", "recipe")
+STATUS_FIELDS: dict[str, tuple[str, ...]] = {
+    "done": ("top1_last", "top1_best", "top5_last", "top5_best", "epochs", "wall_time_s"),
+    "failed": ("error",),
+    "skipped": ("reason",),
+}
+_NUMBER_FIELDS = frozenset({"seed", "top1_last", "top1_best", "top5_last", "top5_best", "epochs", "wall_time_s"})
+
+
+def row_problem(row: Any) -> str | None:
+    """Why ``row`` is not a usable result row (``None`` when it is): a missing or unknown
+    status, or a field its status requires that is missing, null or of the wrong type."""
+    if not isinstance(row, dict):
+        return f"holds {type(row).__name__}, not a result row"
+    status = row.get("status")
+    if status not in STATUS_FIELDS:
+        return f"has status {status!r}; valid: {', '.join(STATUS_FIELDS)}"
+    missing = [k for k in (*IDENTITY_FIELDS, *STATUS_FIELDS[status]) if row.get(k) is None]
+    if missing:
+        return f"is {status} but lacks {', '.join(missing)}"
+    wrong = [k for k in _NUMBER_FIELDS if k in row and (isinstance(row[k], bool) or
+                                                        not isinstance(row[k], (int, float)))]
+    if not isinstance(row["recipe"], dict):
+        wrong.append("recipe")
+    if wrong:
+        return f"has field(s) of the wrong type: {', '.join(sorted(wrong))}"
+    return None
+
+
+def read_result(path: Path) -> tuple[dict[str, Any] | None, str | None]:
+    """``(row, None)`` for a valid ``result.json``, ``(None, problem)`` for an unreadable
+    or invalid one, ``(None, None)`` when there is none."""
+    try:
+        row = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None, None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        return None, f"is not valid JSON ({exc})"
+    except OSError as exc:
+        return None, f"cannot be read ({exc.strerror or exc})"
+    problem = row_problem(row)
+    return (None, problem) if problem else (row, None)
+
+
+def main_epoch_lines(path: Path) -> int:
+    """How many main-phase epoch lines ``metrics.jsonl`` at ``path`` holds (0 if none);
+    a torn or unreadable line ends the count."""
+    count = 0
+    try:
+        text = path.read_text()
+    except OSError:
+        return 0
+    for line in text.splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            break
+        if isinstance(record, dict) and record.get("phase", record.get("stage")) == "main":
+            count += 1
+    return count
+
+
+def metrics_problem(run_dir: Path, row: dict[str, Any]) -> str | None:
+    """A warning when the ``metrics.jsonl`` of a done run has fewer main-phase epoch lines
+    than the run's epochs (the curves were cut short; the result itself stands)."""
+    if row.get("status") != "done":
+        return None
+    expected = int(row.get("epochs") or 0)
+    found = main_epoch_lines(run_dir / METRICS)
+    if found < expected:
+        return f"{run_dir / METRICS} has {found} of {expected} main-phase epoch lines (the file was cut short)"
+    return None
+
+
+class StoreError(ValueError):
+    """The results folder cannot be used; the message says which folder and why."""
+
+
 class Store:
     """The results folder of a grid (``--out``)."""
 
@@ -173,34 +266,75 @@ class Store:
         pair = f"{safe_name(teacher) if teacher else 'none'}__{safe_name(student)}"
         return self.root / "runs" / safe_name(dataset) / pair / safe_name(method) / f"s{seed}-{key}"
 
+    def check_writable(self) -> None:
+        """Create the results folder and a probe file in it, or raise :class:`StoreError`
+        (``--out`` is a file, lies under a file, or is not writable)."""
+        if self.root.exists() and not self.root.is_dir():
+            raise StoreError(f"--out {self.root} is a file, not a folder: choose a folder for the results")
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            fd, probe = tempfile.mkstemp(prefix=".kdbench-probe.", dir=self.root)
+            os.close(fd)
+            os.unlink(probe)
+        except OSError as exc:
+            reason = exc.strerror or type(exc).__name__
+            raise StoreError(f"--out {self.root} cannot be written ({reason}"
+                             f"{f': {exc.filename}' if exc.filename else ''}); choose a writable folder") from None
+
     @staticmethod
     def result(run_dir: Path) -> dict[str, Any] | None:
-        return read_json(run_dir / RESULT)
+        """The run's valid result row, or ``None`` (no result, or an invalid one: redone)."""
+        row, problem = read_result(run_dir / RESULT)
+        if problem:
+            log.warning("%s %s: the run will be redone", run_dir / RESULT, problem)
+        return row
 
     @staticmethod
     def write_result(run_dir: Path, row: dict[str, Any]) -> None:
         atomic_write_json(run_dir / RESULT, row)
 
-    def iter_results(self) -> Iterator[dict[str, Any]]:
-        """Every result row under this store (done, failed and skipped)."""
+    def _result_paths(self) -> list[Path]:
         runs = self.root / "runs"
-        if not runs.is_dir():
-            return
-        for path in sorted(runs.glob(f"*/*/*/*/{RESULT}")):
-            row = read_json(path)
+        return sorted(runs.glob(f"*/*/*/*/{RESULT}")) if runs.is_dir() else []
+
+    def iter_results(self) -> Iterator[dict[str, Any]]:
+        """Every valid result row under this store (done, failed and skipped); invalid
+        ones are reported by :meth:`problems`."""
+        for path in self._result_paths():
+            row, _ = read_result(path)
             if row is not None:
                 row.setdefault("run_dir", str(path.parent))
                 yield row
 
+    def problems(self) -> list[str]:
+        """One line per suspicious file, naming it: invalid ``result.json`` files (their
+        runs will be redone) and done runs whose ``metrics.jsonl`` was cut short."""
+        lines = []
+        for path in self._result_paths():
+            row, problem = read_result(path)
+            if problem:
+                lines.append(f"{path} {problem}: not reported; the run will be redone")
+            elif row is not None:
+                lines.extend(filter(None, [metrics_problem(path.parent, row)]))
+        return lines
+
+    def datasets(self) -> list[str]:
+        """The dataset folders under ``runs/`` (path names, for messages)."""
+        runs = self.root / "runs"
+        return sorted(p.name for p in runs.iterdir() if p.is_dir()) if runs.is_dir() else []
+
     @staticmethod
     def state(run_dir: Path) -> str:
-        """``done``/``failed``/``skipped`` (from result.json), ``running`` (live lock),
-        ``interrupted`` (a checkpoint but no live lock) or ``pending``."""
-        row = read_json(run_dir / RESULT)
+        """``done``/``failed``/``skipped`` (from a valid result.json), ``invalid`` (a
+        result.json lacking what its status requires: the run will be redone), ``running``
+        (live lock), ``interrupted`` (a checkpoint but no live lock) or ``pending``."""
+        row, problem = read_result(run_dir / RESULT)
         if row is not None:
-            return str(row.get("status", "done"))
+            return str(row["status"])
         if (run_dir / LOCK).exists() and not RunLock(run_dir)._is_stale():
             return "running"
+        if problem:
+            return "invalid"
         if (run_dir / CKPT).exists():
             return "interrupted"
         return "pending"
