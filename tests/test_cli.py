@@ -1,7 +1,13 @@
 """The command line: errors that help, listings, status and reports."""
+import json
+import os
+import shutil
+import stat
+
 import pytest
 
-from kdbench.cli import main, make_parser, with_default_command
+from kdbench.cli import main, make_parser, merge_global_options, with_default_command
+from kdbench.store import Store, current_umask
 
 
 def run_main(capsys, *args):
@@ -64,6 +70,8 @@ def finished(tmp_path_factory):
     (["run", "--epochs", "1", "-vv"], "run", 2, False),
     (["-v", "list", "methods", "-q"], "list", 1, True),
     (["status", "--seeds", "2"], "status", 0, False),
+    (["--out", "D", "-q"], "run", 0, True),
+    (["--import", "m", "-v", "list", "methods"], "list", 1, False),
 ])
 def test_verbosity_flags_anywhere_and_run_is_the_default_command(argv, command, verbose, quiet):
     args = make_parser().parse_args(with_default_command(argv))
@@ -102,3 +110,117 @@ def test_report_formats(capsys, finished, tmp_path):
 def test_list_teachers_shows_the_trained_teacher(capsys, finished):
     code, out, _ = run_main(capsys, "list", "teachers", "--out", str(finished))
     assert code == 0 and "digits" in out and "resnet8" in out and "model.pt" in out
+
+
+@pytest.mark.parametrize("argv,command,imports,out", [
+    (["--import", "a", "list", "methods", "--import", "b"], "list", ["a", "b"], "kdbench-out"),
+    (["--out", "D", "status"], "status", [], "D"),
+    (["--out=D", "report"], "report", [], "D"),
+    (["--out", "D", "report", "--out", "E"], "report", [], "E"),  # after the subcommand wins
+    (["--out", "D", "--epochs", "1"], "run", [], "D"),
+])
+def test_global_options_before_the_subcommand(argv, command, imports, out, monkeypatch):
+    monkeypatch.delenv("KDBENCH_OUT", raising=False)
+    args = merge_global_options(make_parser().parse_args(with_default_command(argv)))
+    assert (args.command, args.imports, args.out) == (command, imports, out)
+
+
+def test_global_out_before_status_and_report(capsys, finished):
+    code, out, _ = run_main(capsys, "--out", str(finished), "status", *GRID, "--seeds", "2")
+    assert code == 0 and "4 done of 4 runs" in out
+    code, out, _ = run_main(capsys, "--out", str(finished), "report")
+    assert code == 0 and "resnet8->resnet8" in out
+
+
+def test_teacher_epochs_help_says_the_real_default(capsys):
+    with pytest.raises(SystemExit):
+        main(["run", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "epochs of the teachers' training (default: the dataset's teacher epochs, e.g. 15 for digits" in text
+
+
+def test_results_are_readable_by_colleagues(finished):
+    result = next(finished.glob("runs/*/*/*/*/result.json"))
+    assert stat.S_IMODE(result.stat().st_mode) == 0o666 & ~current_umask()
+
+
+@pytest.fixture
+def damaged(finished, tmp_path):
+    """A private copy of the finished folder, to damage."""
+    dst = tmp_path / "copy"
+    shutil.copytree(finished, dst)
+    return dst
+
+
+def run_dir(out, method, seed):
+    return next(out.glob(f"runs/digits/*/{method}/s{seed}-*"))
+
+
+def test_two_recipes_in_one_folder_are_never_averaged(capsys, damaged):
+    # the issue's folder: a 1-epoch grid (the fixture), then a 2-epoch grid into the same --out
+    grid2 = [*GRID[:4], "--epochs", "2", *GRID[6:]]
+    code, out, _ = run_main(capsys, "run", *grid2, "--seeds", "1", "--no-progress", "--out", str(damaged))
+    assert code == 0
+    board = out.split("wall time")[0]
+    assert "runs with epochs 2, batch 128, lr 0.05; teachers: 2 epochs, seed 0" in board and "epochs 1" not in board
+    vanilla = [ln for ln in board.splitlines() if ln.startswith("vanilla")][0]
+    assert "±" not in vanilla and "n=" not in vanilla  # one seed of one recipe, not a mean over both
+    code, out, err = run_main(capsys, "report", "--out", str(damaged))
+    assert code == 0 and "holds runs of 2 recipes" in err
+    assert out.index("runs with epochs 1, batch 128") < out.index("runs with epochs 2, batch 128")
+    one_epoch = out.split("runs with epochs 2")[0]
+    kd = [ln for ln in one_epoch.splitlines() if ln.startswith("kd")][0]
+    assert "±" in kd and "n=" not in kd  # the 1-epoch table: both of its seeds, nothing else
+
+
+def test_invalid_results_cut_metrics_and_failed_runs(capsys, damaged):
+    invalid = run_dir(damaged, "kd", 1) / "result.json"
+    invalid.write_text(json.dumps({"status": "done"}))
+    cut = run_dir(damaged, "kd", 0) / "metrics.jsonl"
+    cut.write_text("")
+    failed = run_dir(damaged, "vanilla", 1) / "result.json"
+    row = json.loads(failed.read_text())
+    row.update(status="failed", error="RuntimeError: first line\n" + "missing key, " * 2000)
+    failed.write_text(json.dumps(row))
+
+    code, out, err = run_main(capsys, "status", *GRID, "--seeds", "2", "--out", str(damaged))
+    assert code == 0 and "invalid (will be redone)" in out and "2 done, 1 failed, 1 invalid of 4 runs" in out
+    assert "re-run the same command to retry" in out and "missing key" not in out
+    assert str(invalid) in err and str(cut) in err and "(metrics.jsonl cut short)" in out
+
+    code, out, err = run_main(capsys, "report", "--out", str(damaged))
+    assert code == 0 and str(invalid) in err and str(cut) in err
+    assert "vanilla on resnet8->resnet8 seed 1: RuntimeError: first line […]" in out
+    assert str(failed.parent) in out and "missing key" not in out
+
+    code, out, _ = run_main(capsys, "run", *GRID, "--seeds", "2", "--no-progress", "--out", str(damaged))
+    assert code == 0 and Store.result(invalid.parent)["top1_last"] >= 0  # redone, like the failed run
+    assert Store.result(failed.parent)["status"] == "done"
+
+
+def test_report_names_the_folder_and_its_datasets(capsys, finished):
+    code, out, err = run_main(capsys, "report", "--dataset", "cifar100", "--out", str(finished))
+    assert code == 2 and out == ""
+    assert f"no results for dataset 'cifar100' in {finished}; it holds: digits" in err
+
+
+def test_report_top5_shows_the_teacher_in_top5(capsys, finished):
+    rows = list(Store(finished).iter_results())
+    kd = next(r for r in rows if r["method"] == "kd")
+    teacher = next(r for r in rows if r["run_key"] == kd["teacher_key"])
+    code, out, _ = run_main(capsys, "report", "--metric", "top5", "--out", str(finished))
+    assert code == 0 and out.startswith("digits: top-5 accuracy (%), last epoch")
+    line = [ln for ln in out.splitlines() if ln.startswith("teacher")][0]
+    assert f"{teacher['top5_last']:.2f}" in line
+
+
+def test_ctrl_c_prints_what_is_finished_and_exits_130(capsys, finished, monkeypatch):
+    from kdbench.runners.inline import InlineRunner
+
+    def interrupted(self, specs, session):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(InlineRunner, "submit", interrupted)
+    code, out, err = run_main(capsys, "run", *GRID, "--seeds", "2", "--no-progress", "--out", str(finished))
+    assert code == 130 and "interrupted" in err
+    assert "digits: top-1 accuracy" in out and [ln for ln in out.splitlines() if ln.startswith("kd")]
