@@ -363,7 +363,10 @@ def cmd_report(args: argparse.Namespace) -> int:
                     len(tables))
     text = render_tables(tables, args.format, color=sys.stdout.isatty() and not args.output)
     if args.output:
-        Path(args.output).write_text(text)
+        try:
+            Path(args.output).write_text(text)
+        except OSError as exc:
+            raise GridError(f"--output {args.output} cannot be written ({exc.strerror or exc})") from None
         log.info("wrote %s", args.output)
     else:
         sys.stdout.write(text)

@@ -167,8 +167,10 @@ class Grid:
         for arch, path in self.teachers.items():
             if not Path(path).expanduser().is_file():
                 raise GridError(f"teachers.{arch}: checkpoint {path} does not exist")
-        if not self.seeds:
-            raise GridError("the grid has no seeds")
+        parse_seeds(list(self.seeds))  # a Grid built in code is checked like flags and files
+        checked_int("teacher_seed", self.teacher_seed, 0, SEED_MAX)
+        if self.teacher_epochs is not None:
+            checked_int("teacher_epochs", self.teacher_epochs, 1)
 
 
 def _hashable(d: dict[str, Any]) -> dict[str, Any]:

@@ -224,3 +224,8 @@ def test_ctrl_c_prints_what_is_finished_and_exits_130(capsys, finished, monkeypa
     code, out, err = run_main(capsys, "run", *GRID, "--seeds", "2", "--no-progress", "--out", str(finished))
     assert code == 130 and "interrupted" in err
     assert "digits: top-1 accuracy" in out and [ln for ln in out.splitlines() if ln.startswith("kd")]
+
+
+def test_report_output_that_cannot_be_written(capsys, finished, tmp_path):
+    code, _, err = run_main(capsys, "report", "--out", str(finished), "--output", str(tmp_path))
+    assert code == 2 and f"--output {tmp_path} cannot be written (Is a directory)" in err

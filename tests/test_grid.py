@@ -84,3 +84,12 @@ def test_grid_file_values_and_flags_combine(tmp_path):
     assert grid.seeds == [0] and grid.recipe.epochs == 2 and grid.recipe.batch_size == 32
     kd = [s for s in grid.expand() if s.method == "kd"][0]
     assert dict(kd.overrides) == {"temperature": 2}
+
+
+def test_a_grid_built_in_code_is_checked_like_flags():
+    grid = build_grid({}, methods="kd")
+    for changes, message in [({"seeds": []}, "non-empty list"), ({"seeds": [-1]}, "got -1"),
+                             ({"seeds": [0, 0]}, "more than once"), ({"teacher_seed": 2**31}, "teacher_seed"),
+                             ({"teacher_epochs": 0}, "teacher_epochs must be an integer >= 1, got 0")]:
+        with pytest.raises(GridError, match=message):
+            dataclasses.replace(grid, **changes).expand()

@@ -94,6 +94,10 @@ def test_two_recipes_in_one_folder_are_two_tables_never_averaged():
     text = render_tables(tables)
     assert "epochs 1, batch 32" in text and "epochs 2, batch 32" in text
     assert "40.00" not in text and "28.28" not in text  # the mean ± std of both recipes' vanilla runs
+    csv_lines = render_tables(tables, "csv").splitlines()
+    assert csv_lines[0] == "row,pair,mean,std,n,expected,arrow,best,status,metric,runs"
+    assert "vanilla,t->s,20.0000,0.0000,1,1,,0,done,last,runs with epochs 1, batch 32" in csv_lines[2].replace('"', "")
+    assert sum(line.startswith("row,") for line in csv_lines) == 1 and len(csv_lines) == 1 + 2 * 3
 
 
 def test_other_options_are_other_rows_and_other_teachers_other_columns():
