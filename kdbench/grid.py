@@ -164,9 +164,21 @@ class Grid:
             if not isinstance(opts, dict):
                 raise GridError(f"overrides.{name} must be a mapping of option: value, got {opts!r}")
             resolve_config(METHODS.get(name), opts)
+        grid_teachers = list(dict.fromkeys(t for t, _ in self.pairs))
         for arch, path in self.teachers.items():
+            if arch not in grid_teachers:
+                raise GridError(f"teachers.{arch}: {arch!r} is not the teacher of any pair of this grid; its teachers "
+                                f"are {', '.join(grid_teachers)} (a checkpoint replaces the teacher ARCH of pairs "
+                                f"ARCH->student)")
             if not Path(path).expanduser().is_file():
                 raise GridError(f"teachers.{arch}: checkpoint {path} does not exist")
+            from kdbench.teachers.checkpoints import CheckpointError, verify_teacher_checkpoint
+
+            entry = dataset_entry(self.dataset)
+            try:  # read weights-only and checked against the architecture before anything trains
+                verify_teacher_checkpoint(arch, path, entry.num_classes, self.dataset, len(entry.mean), entry.image_size)
+            except CheckpointError as exc:
+                raise GridError(f"teachers.{arch}: {exc}") from None
         parse_seeds(list(self.seeds))  # a Grid built in code is checked like flags and files
         checked_int("teacher_seed", self.teacher_seed, 0, SEED_MAX)
         if self.teacher_epochs is not None:

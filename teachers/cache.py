@@ -6,6 +6,11 @@ per (dataset, architecture, recipe, seed), stored like every other run and reuse
 student of the grid; its run key is part of each student's key. A user-supplied checkpoint
 replaces training: its SHA-256 becomes the teacher key, and its accuracy is measured once.
 Loaded teachers are kept per process (the inline runner trains many students in a row).
+
+Every weights file is read with ``weights_only=True`` and checked against the architecture
+(:mod:`kdbench.teachers.checkpoints`): a file that cannot be used is a
+:class:`TeacherUnavailable` naming the teacher, the file and what to do, in one bounded
+message (it becomes the failed rows' error).
 """
 from __future__ import annotations
 
@@ -21,6 +26,7 @@ from kdbench.data import EvalData, ImageData
 from kdbench.models import create_model
 from kdbench.spec import ResolvedSpec, RunSpec
 from kdbench.store import MODEL
+from kdbench.teachers.checkpoints import CheckpointError, load_checkpoint
 
 if TYPE_CHECKING:
     from kdbench.run import Session
@@ -51,12 +57,11 @@ class TeacherCache:
             data = self.session.dataset(spec.dataset).for_recipe(spec.recipe)  # the recipe's normalisation
             model = create_model(spec.teacher, data.num_classes, data.input_size[0], data.input_size[1])
             if spec.teacher_ckpt:
-                model.load_state_dict(load_state_dict_file(spec.teacher_ckpt))
+                load_supplied(model, spec)
                 row: dict[str, Any] = {"status": "done", "source": str(spec.teacher_ckpt)}
             else:
                 row = self._trained(spec.teacher_spec())
-                saved = torch.load(Path(row["run_dir"]) / MODEL, map_location="cpu", weights_only=True)
-                model.load_state_dict(saved["state_dict"])
+                load_trained(model, spec, Path(row["run_dir"]))
             model.to(env.torch_device, memory_format=env.memory_format).eval().requires_grad_(False)
             if spec.teacher_ckpt:
                 row["top1_last"] = row["top1_best"] = evaluate_plain(model, data, env)
@@ -80,18 +85,26 @@ class TeacherCache:
             time.sleep(self.wait_seconds)
 
 
-def load_state_dict_file(path: str) -> dict[str, torch.Tensor]:
-    """A user-supplied checkpoint: a state dict, or a dict holding one under ``state_dict``,
-    ``model`` or ``net`` (RepDistiller saves ``{'model': ...}``)."""
-    obj = torch.load(Path(path).expanduser(), map_location="cpu", weights_only=False)
-    if isinstance(obj, dict):
-        for k in ("state_dict", "model", "net"):
-            if k in obj and isinstance(obj[k], dict):
-                return obj[k]
-        if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
-            return obj
-    raise ValueError(f"teacher checkpoint {path}: expected a state dict (or a dict with 'state_dict'/'model'), "
-                     f"got {type(obj).__name__}")
+def load_supplied(model: nn.Module, spec: RunSpec) -> None:
+    """Load the user's checkpoint ``spec.teacher_ckpt`` into ``model`` (architecture
+    ``spec.teacher``), or raise :class:`TeacherUnavailable` saying what does not fit."""
+    try:
+        load_checkpoint(model, spec.teacher_ckpt, arch=spec.teacher, dataset=spec.dataset, what="teacher checkpoint")
+    except CheckpointError as exc:
+        raise TeacherUnavailable(f"teacher {spec.teacher}: {exc}") from None
+
+
+def load_trained(model: nn.Module, spec: RunSpec, run_dir: Path) -> None:
+    """Load the weights kdbench saved for the trained teacher in ``run_dir`` into
+    ``model``; a truncated, unreadable or mismatching file is a :class:`TeacherUnavailable`
+    naming the teacher, the file and the way out (delete the run folder, re-run)."""
+    path = run_dir / MODEL
+    what = f"teacher {spec.teacher} ({spec.dataset}, seed {spec.teacher_seed}): its trained weights"
+    try:
+        load_checkpoint(model, path, arch=spec.teacher, dataset=spec.dataset, what=what)
+    except CheckpointError as exc:
+        raise TeacherUnavailable(f"{str(exc).rstrip('.')}. To train this teacher again, delete its run folder "
+                                 f"{run_dir} and re-run the same command.") from None
 
 
 @torch.no_grad()

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kdbench.models import create_model, feature_parameters
+from kdbench.models import create_model, feature_parameters, model_version
 from kdbench.registry import MODELS, UnknownNameError
 from kdbench.taps import Outputs, has_preact, measure
 
@@ -246,6 +246,13 @@ def test_registration_metadata() -> None:
         meta = MODELS.meta(name)
         assert meta.get("family"), name
         assert meta.get("lightweight") == (name in {"mobilenetv2", "shufflev1", "shufflev2"}), name
+        assert model_version(name) == meta.get("version", 1) >= 1, name
+
+
+def test_model_version_is_checked(monkeypatch) -> None:
+    monkeypatch.setattr(MODELS, "meta", lambda name: {"version": "2"})  # a plugin registering a string
+    with pytest.raises(ValueError, match="version='2'; a version is an integer >= 1"):
+        model_version("toy")
 
 
 # -- external adapters --------------------------------------------------------------------
