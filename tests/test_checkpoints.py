@@ -411,6 +411,14 @@ def test_payloads_that_are_not_state_dicts(payload, found: str, tmp_path) -> Non
     assert found in str(err.value) and "'model'" in str(err.value)
 
 
+def test_a_pickled_model_is_refused_with_what_to_save_instead(tmp_path) -> None:
+    path = tmp_path / "whole_model.pth"
+    torch.save(create_model("resnet8", 10), path)  # the module object, not its state dict
+    with pytest.raises(CheckpointError, match=re.escape(str(path))) as err:
+        read_state_dict(path)
+    assert "save model.state_dict(), not the model" in str(err.value)
+
+
 def test_a_missing_file_is_named(tmp_path) -> None:
     with pytest.raises(CheckpointError, match="does not exist"):
         read_state_dict(tmp_path / "nope.pth")
@@ -569,3 +577,4 @@ def test_a_supplied_checkpoint_that_does_not_fit_fails_the_run_with_a_bounded_me
     msg = str(err.value)
     assert msg.startswith("teacher wrn_40_2: teacher checkpoint") and str(path) in msg
     assert "missing key(s)" in msg and "unexpected key(s)" in msg and len(msg) < 1500
+
