@@ -118,6 +118,7 @@ def test_list_teachers_shows_the_trained_teacher(capsys, finished):
     (["--out=D", "report"], "report", [], "D"),
     (["--out", "D", "report", "--out", "E"], "report", [], "E"),  # after the subcommand wins
     (["--out", "D", "--epochs", "1"], "run", [], "D"),
+    (["--import", "m"], "run", ["m"], "kdbench-out"),
 ])
 def test_global_options_before_the_subcommand(argv, command, imports, out, monkeypatch):
     monkeypatch.delenv("KDBENCH_OUT", raising=False)
@@ -229,3 +230,9 @@ def test_ctrl_c_prints_what_is_finished_and_exits_130(capsys, finished, monkeypa
 def test_report_output_that_cannot_be_written(capsys, finished, tmp_path):
     code, _, err = run_main(capsys, "report", "--out", str(finished), "--output", str(tmp_path))
     assert code == 2 and f"--output {tmp_path} cannot be written (Is a directory)" in err
+
+
+def test_a_global_option_without_its_value_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["--out"])
+    assert exit_.value.code == 2 and "argument --out: expected one argument" in capsys.readouterr().err
