@@ -34,8 +34,10 @@ def _grid_args(p: argparse.ArgumentParser) -> None:
                         "for a dataset without them, --epochs)")
     g.add_argument("--set", dest="assignments", action="append", default=[], metavar="METHOD.OPTION=VALUE",
                    help="override a method option, e.g. --set kd.temperature=2 (repeatable)")
-    g.add_argument("--teacher-ckpt", action="append", default=[], metavar="ARCH=PATH",
-                   help="use this checkpoint for teacher ARCH instead of training it (repeatable)")
+    g.add_argument("--teacher-ckpt", action="append", default=[], metavar="[ARCH=]PATH",
+                   help="use this checkpoint (a state dict, or RepDistiller's {'model': ...}) for teacher ARCH instead "
+                        "of training it; without ARCH= the architecture comes from the folder name as in "
+                        "RepDistiller (resnet32x4_vanilla/ckpt_epoch_240.pth) (repeatable)")
     _import_arg(g)
     _out_arg(g)
 
@@ -159,9 +161,12 @@ def grid_from_args(args: argparse.Namespace) -> Grid:
         file_values["imports"] = list(file_values.get("imports") or []) + args.imports
     teachers = dict(file_values.get("teachers") or {})
     for item in args.teacher_ckpt:
-        arch, eq, path = item.partition("=")
-        if not eq:
-            raise GridError(f"--teacher-ckpt {item!r}: write ARCH=PATH, e.g. resnet32x4=ckpts/resnet32x4.pth")
+        from kdbench.teachers.checkpoints import CheckpointError, parse_teacher_ckpt
+
+        try:
+            arch, path = parse_teacher_ckpt(item)  # ARCH=PATH, or PATH in RepDistiller's <arch>_vanilla/ folder
+        except CheckpointError as exc:
+            raise GridError(f"--teacher-ckpt: {exc}") from None
         teachers[arch] = path
     if teachers:
         file_values["teachers"] = teachers
