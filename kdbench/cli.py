@@ -264,7 +264,8 @@ def _print_status(specs: list, store: Any) -> int:
         shown = "invalid (will be redone)" if state == "invalid" else state
         lines.append([spec.method, spec.pair, spec.seed, shown, resolved.key, detail])
         warnings.extend(filter(None, [warning]))
-    sys.stdout.write(tabulate(lines, headers=["method", "pair", "seed", "state", "key", "top1 / reason"]) + "\n")
+    sys.stdout.write(tabulate(lines, headers=["method", "pair", "seed", "state", "key", "top1 / reason"],
+                              disable_numparse=True) + "\n")  # keys and "10.00" stay as written
     sys.stdout.write(", ".join(f"{v} {k}" for k, v in sorted(counts.items())) + f" of {len(specs)} runs\n")
     if counts.get("failed"):
         sys.stdout.write("failed runs: re-run the same command to retry (full errors in each run folder's "

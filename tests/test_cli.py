@@ -236,3 +236,13 @@ def test_a_global_option_without_its_value_is_a_usage_error(capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["--out"])
     assert exit_.value.code == 2 and "argument --out: expected one argument" in capsys.readouterr().err
+
+
+def test_status_shows_accuracies_and_keys_as_written(capsys, damaged):
+    result = run_dir(damaged, "kd", 0) / "result.json"
+    row = json.loads(result.read_text())
+    row["top1_last"] = 10.0
+    result.write_text(json.dumps(row))
+    code, out, _ = run_main(capsys, "status", *GRID, "--seeds", "2", "--out", str(damaged))
+    line = [ln for ln in out.splitlines() if ln.startswith("kd") and f" {row['run_key']} " in ln][0]
+    assert line.rstrip().endswith("10.00")
