@@ -81,7 +81,8 @@ def test_import_flag_registers_unpackaged_code(tmp_path, cli):
     listed = cli("list", "methods", "--import", "kdbench_toys", check=True)
     assert "toy_nan" in listed.stdout and "toy_decline" in listed.stdout
     bad = cli("list", "methods", "--import", "no_such_module_here")
-    assert bad.returncode == 2 and "--import 'no_such_module_here' failed: no module 'no_such_module_here'" in bad.stderr
+    assert bad.returncode == 2
+    assert "--import 'no_such_module_here' failed: no module 'no_such_module_here'" in bad.stderr
     before = cli("--import", "kdbench_toys", "list", "methods", check=True)  # a global option before the subcommand
     assert "toy_nan" in before.stdout
 

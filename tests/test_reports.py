@@ -145,7 +145,8 @@ def test_failures_are_one_line_each_with_the_run_folder_and_the_retry_hint():
     text = render_terminal(build_leaderboard(df, "d", "last"))
     assert "layer1.conv" not in text and "x" * 300 not in text
     assert "2 failed run(s) (re-run the same command to retry" in text
-    assert "kd on t->s seed 0: RuntimeError: Error(s) in loading state_dict for ResNet: […]  [/out/runs/d/kd/s0]" in text
+    assert ("kd on t->s seed 0: RuntimeError: Error(s) in loading state_dict for ResNet: […]  [/out/runs/d/kd/s0]"
+            in text)
     line = [ln for ln in text.splitlines() if ln.strip().startswith("at on")][0]
     assert line.endswith("[/out/runs/d/at/s0]") and len(line) < 260
     assert one_line(error) == "RuntimeError: Error(s) in loading state_dict for ResNet: […]"
