@@ -32,10 +32,11 @@ def test_files_get_the_mode_of_the_umask(tmp_path, umask, mode):
     old = os.umask(umask)
     try:
         atomic_write_json(tmp_path / "r.json", {"a": 1})
+        left = os.umask(umask)  # what the write left (read, and set back to the test's umask)
     finally:
         os.umask(old)
     assert stat.S_IMODE((tmp_path / "r.json").stat().st_mode) == mode
-    assert os.umask(old) == old  # the umask is left as it was
+    assert left == umask  # the umask is left as it was
 
 
 @pytest.mark.parametrize("row,problem", [
