@@ -6,12 +6,22 @@ import pytest
 from kdbench.grid import PAIR_PRESETS, GridError, build_grid, load_grid_file, parse_pairs, with_overrides
 from kdbench.run import resolve
 from kdbench.spec import Recipe, RunSpec
+from harness import CRD_GRID
 
 
 def test_presets_hold_the_published_grids():
-    assert len(PAIR_PRESETS["cnn2gnn"]) == 9 and ("wrn_40_2", "wrn_40_1") in PAIR_PRESETS["cnn2gnn"]
-    assert len(PAIR_PRESETS["crd"]) == 13 and ("resnet32x4", "resnet8x4") in PAIR_PRESETS["crd"]
-    assert len(PAIR_PRESETS["crd_same"]) == 7 and len(PAIR_PRESETS["crd_cross"]) == 6
+    # written out from REFERENCE §3 (CNN2GNN, inferred columns) and the HKD paper's CIFAR-100 table
+    assert list(PAIR_PRESETS["cnn2gnn"]) == [
+        ("resnet34", "resnet18"), ("resnet50", "resnet18"), ("resnet101", "resnet18"), ("resnet152", "resnet18"),
+        ("vgg13", "vgg8"), ("vgg16", "vgg8"), ("vgg19", "vgg8"), ("wrn_40_2", "wrn_16_2"), ("wrn_40_2", "wrn_40_1")]
+    assert list(PAIR_PRESETS["hkd"]) == [
+        ("resnet32x4", "resnet8x4"), ("resnet32x4", "shufflev2"), ("vgg13", "mobilenetv2"), ("resnet50", "vgg8"),
+        ("resnet50", "mobilenetv2")]
+    assert list(PAIR_PRESETS["digits"]) == [("resnet20", "resnet8")]
+    # the CRD grid (harness.CRD_GRID, written out independently): 7 same-family then 6 cross-family pairs
+    assert list(PAIR_PRESETS["crd"]) == CRD_GRID
+    assert list(PAIR_PRESETS["crd_same"]) == CRD_GRID[:7]
+    assert list(PAIR_PRESETS["crd_cross"]) == CRD_GRID[7:]
     assert parse_pairs(None, "digits") == list(PAIR_PRESETS["digits"])
     assert parse_pairs(None, "mini_imagenet") == list(PAIR_PRESETS["cnn2gnn"])
 
