@@ -143,10 +143,20 @@ def test_full_loss_golden_through_channel_connectors():
     conv, bn = m.connectors[0].body
     assert conv.weight.shape == (4, 2, 1, 1) and conv.bias is None and bn.num_features == 4
     g = torch.Generator().manual_seed(3)
+    # a BatchNorm with non-trivial running statistics and affine parameters (eval mode: it
+    # normalises with the running statistics), so that a connector skipping it changes the loss
+    rm, rv = torch.randn(4, generator=g), torch.rand(4, generator=g) + 0.5
+    gamma, beta = torch.randn(4, generator=g), torch.randn(4, generator=g)
+    with torch.no_grad():
+        bn.running_mean.copy_(rm), bn.running_var.copy_(rv), bn.weight.copy_(gamma), bn.bias.copy_(beta)
+    eps = 1e-5  # torch's (and RepDistiller's) BatchNorm2d default
+    assert bn.eps == eps
     s = [torch.randn(2, 2, 3, 3, generator=g), torch.randn(2, 3, 2, 2, generator=g)]
     t = [torch.randn(2, 4, 3, 3, generator=g), torch.randn(2, 3, 2, 2, generator=g)]
-    with torch.no_grad():
-        mapped = [m.connectors[0](s[0]), s[1]]
+    # the 1x1 conv (no bias) then BatchNorm per channel, by hand
+    y = torch.einsum("oc,bchw->bohw", conv.weight.detach()[:, :, 0, 0], s[0])
+    y = (y - rm[:, None, None]) / torch.sqrt(rv + eps)[:, None, None] * gamma[:, None, None] + beta[:, None, None]
+    mapped = [y, s[1]]
     expected = naive_total([naive_stage(a, b, 1.0) for a, b in zip(mapped, t)], batch=2)
     assert m.ab_loss(outputs(s), outputs(t)).item() == pytest.approx(expected, rel=1e-5)
 
