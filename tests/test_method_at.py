@@ -1,4 +1,5 @@
 """AT (Zagoruyko & Komodakis 2017): golden values of both modes, pooling, check()."""
+import dataclasses
 import math
 
 import pytest
@@ -8,7 +9,8 @@ from kdbench.method import MethodContext
 from kdbench.config import resolve_config
 from kdbench.methods.at import AT
 from kdbench.taps import Outputs, TapInfo
-from harness import CRD_GRID, cifar_info as info
+from kdbench.train import configure_phase, phase_losses
+from harness import CRD_GRID, build, cifar_info as info
 from naive_ref import naive_common
 
 
@@ -126,13 +128,40 @@ def test_fractional_p_uses_absolute_values_on_signed_maps():
     assert math.isfinite(got) and math.isclose(got, expected, rel_tol=1e-5)
 
 
-def test_gradient_flows_to_the_student_only_and_is_finite_at_zero_difference():
+def test_gradient_is_finite_at_zero_difference():
     s = torch.randn(2, 3, 4, 4, requires_grad=True)
     t = s.detach().clone()
     for mode in ("code", "paper"):
         s.grad = None
         make(mode=mode).loss(outputs(s), outputs(t), None, None)["loss_at"].backward()
         assert torch.isfinite(s.grad).all()
+
+
+@pytest.mark.parametrize("mode", ["code", "paper"])
+def test_gradient_flows_to_the_student_only(mode):
+    """AT's loss, like RepDistiller's ``Attention``, does not detach the teacher map itself:
+    the teacher is a target because the engine runs it under no_grad. Through the engine's
+    own step, with the teacher's weights left trainable so that nothing else keeps the
+    gradient out, its maps carry no graph and its weights get no gradient; the student's do."""
+    setup = build("at", "resnet20", "resnet8", overrides={"mode": mode})
+    m, student, teacher = setup.method, setup.student, setup.teacher
+    teacher.requires_grad_(True)
+    main = setup.phases()[-1]
+    configure_phase(student, m, main)
+    seen = []
+
+    def loss(s, t, batch, info):
+        seen.append(t)
+        return m.loss(s, t, batch, info)
+
+    main = dataclasses.replace(main, loss=loss)
+    _, terms = phase_losses(student, teacher, main, setup.batch(), setup.step_info(main), m.needs(m.cfg))
+    terms["loss_at"].backward()  # the AT term alone (CE would reach the student anyway)
+    assert len(seen) == 1 and len(seen[0].stages) == 3
+    assert all(not f.requires_grad for f in seen[0].stages)
+    assert all(p.grad is None for p in teacher.parameters())
+    w = student.layer1[0].conv1.weight.grad
+    assert w is not None and torch.isfinite(w).all() and w.abs().sum() > 0
 
 
 def test_bf16_inputs_give_a_float32_loss():

@@ -1,4 +1,5 @@
 """VID (Ahn et al. 2019) golden values, computed with plain loops from REFERENCE.md §1."""
+import dataclasses
 import math
 
 import pytest
@@ -9,8 +10,8 @@ from kdbench.method import MethodContext
 from kdbench.config import resolve_config
 from kdbench.methods.vid import VID
 from kdbench.taps import Outputs, TapInfo
-from kdbench.train import configure_phase, phase_plan
-from harness import CRD_GRID as CRD_PAIRS, cifar_info as info
+from kdbench.train import configure_phase, phase_losses, phase_plan
+from harness import CRD_GRID as CRD_PAIRS, build, cifar_info as info
 
 CTX = MethodContext(num_classes=5, num_train_samples=10, device=torch.device("cpu"), epochs=1, steps_per_epoch=1,
                     teacher_arch="t", student_arch="s", dataset="random", input_size=(3, 8, 8))
@@ -152,7 +153,33 @@ def test_theta_and_regressors_are_registered_and_get_gradients():
     for p in m.parameters():
         assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0
     assert all(f.grad is not None for f in s.stages)
-    assert all(f.grad is None for f in t.stages)
+
+
+def test_the_teacher_is_a_target_through_the_engine():
+    """VID, like RepDistiller's VIDLoss, does not detach the teacher map itself: the teacher
+    is a target because the engine runs it under no_grad (RepDistiller: ``torch.no_grad()``
+    and ``.detach()`` on ``feat_t``). Through the engine's own step, with the teacher's
+    weights left trainable so that nothing else keeps the gradient out, its maps carry no
+    graph and its weights get no gradient, while the student, the regressors and θ do."""
+    setup = build("vid", "resnet20", "resnet8")
+    m, student, teacher = setup.method, setup.student, setup.teacher
+    teacher.requires_grad_(True)
+    main = setup.phases()[-1]
+    configure_phase(student, m, main)
+    seen = []
+
+    def loss(s, t, batch, info):
+        seen.append(t)
+        return m.loss(s, t, batch, info)
+
+    main = dataclasses.replace(main, loss=loss)
+    _, terms = phase_losses(student, teacher, main, setup.batch(), setup.step_info(main), m.needs(m.cfg))
+    sum(terms.values()).backward()
+    assert len(seen) == 1 and len(seen[0].stages) == 3
+    assert all(not f.requires_grad for f in seen[0].stages)
+    assert all(p.grad is None for p in teacher.parameters())
+    assert all(p.grad is not None for p in m.parameters())
+    assert student.layer1[0].conv1.weight.grad is not None
 
 
 def test_autocast_is_off():
