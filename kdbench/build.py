@@ -69,7 +69,6 @@ def frozen(model: nn.Module) -> nn.Module:
 
 
 def build_run(spec: RunSpec, data: ImageData, device: torch.device | str = "cpu",
-              memory_format: torch.memory_format = torch.contiguous_format,
               load_teacher: TeacherLoader | None = None) -> BuiltRun:
     """Build student, teacher, method and training data of ``spec`` (see module docstring).
 
@@ -78,6 +77,7 @@ def build_run(spec: RunSpec, data: ImageData, device: torch.device | str = "cpu"
     method declines the pair.
     """
     device = torch.device(device)
+    memory_format = spec.recipe.memory_format
     cls: type[Method] = METHODS.get(spec.method)
     cfg = resolve_config(cls, spec.overrides_dict())
     needs_teacher = cls.needs(cfg).teacher

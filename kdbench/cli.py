@@ -28,6 +28,9 @@ def _grid_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--epochs", type=int, help="main-stage epochs (default: the dataset's recipe)")
     g.add_argument("--batch-size", type=int, help="batch size (default: the dataset's recipe)")
     g.add_argument("--lr", type=float, help="learning rate (default: the dataset's recipe)")
+    g.add_argument("--amp", action="store_true", help="bf16 autocast (changes results: part of the run key)")
+    g.add_argument("--channels-last", action="store_true",
+                   help="channels_last memory format (changes results on CPU: part of the run key)")
     g.add_argument("--teacher-seed", type=int, help="seed of the teachers' training (default 0)")
     g.add_argument("--teacher-epochs", type=int,
                    help="epochs of the teachers' training (default: the dataset's teacher epochs, e.g. 15 for digits; "
@@ -53,10 +56,8 @@ def _out_arg(p: Any, dest: str = "out") -> None:
 
 
 def _env_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("execution (does not change results or run keys, except --amp)")
+    g = p.add_argument_group("execution (does not change run keys)")
     g.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or mps")
-    g.add_argument("--amp", action="store_true", help="bf16 autocast (part of the run key)")
-    g.add_argument("--channels-last", action="store_true", help="channels_last memory format")
     g.add_argument("--data-root", help="data root (default: $KDBENCH_DATA or ~/.cache/kdbench/data)")
     g.add_argument("--download", action="store_true", help="let torchvision download the dataset if it can")
     g.add_argument("--runner", help="inline (default); see `kdbench list runners`")
@@ -174,8 +175,9 @@ def grid_from_args(args: argparse.Namespace) -> Grid:
     for name in ("batch_size", "lr"):
         if getattr(args, name, None) is not None:
             recipe[name] = getattr(args, name)
-    if getattr(args, "amp", False):
-        recipe["amp"] = True
+    for flag in ("amp", "channels_last"):
+        if getattr(args, flag, False):
+            recipe[flag] = True
     if recipe:
         file_values["recipe"] = recipe
     grid = build_grid(file_values, dataset=args.dataset, methods=args.methods, pairs=args.pairs, seeds=args.seeds,
@@ -194,7 +196,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     store = Store(args.out)
     if args.dry_run:
         return _print_status(specs, store)
-    env = Env(device=args.device, channels_last=args.channels_last, data_root=args.data_root,
+    env = Env(device=args.device, data_root=args.data_root,
               download=args.download, progress=False if args.no_progress else None)
     env.torch_device  # fail fast on --device tpu, or cuda without CUDA
     store.check_writable()  # --out a file or read-only: an error before the dataset loads

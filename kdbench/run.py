@@ -30,11 +30,11 @@ from kdbench.config import config_dict, resolve_config
 from kdbench.data import EvalData, ImageData, data_root
 from kdbench.datasets import get_dataset
 from kdbench.method import Method
-from kdbench.models import is_lightweight
+from kdbench.models import is_lightweight, model_version
 from kdbench.registry import METHODS, import_user_modules
 from kdbench.spec import ResolvedSpec, RunSpec, file_sha256
 from kdbench.store import CKPT, MODEL, SPEC, LockHeld, RunLock, Store, atomic_torch_save, atomic_write_json
-from kdbench.teachers.cache import TeacherUnavailable
+from kdbench.teachers.cache import TeacherCache, TeacherUnavailable
 from kdbench.train import Env, NonFiniteLoss, Trainer
 
 log = logging.getLogger(__name__)
@@ -60,8 +60,11 @@ def resolve(spec: RunSpec) -> ResolvedSpec:
             teacher_key = resolve(spec.teacher_spec()).key
     elif spec.teacher:
         raise ValueError(f"method {spec.method!r} uses no teacher; give it teacher=None")
+    versions = {"student": model_version(spec.student),
+                "teacher": model_version(spec.teacher) if spec.teacher else None}
     return ResolvedSpec(spec=spec, method_version=cls.version, method_config=config_dict(cfg),
-                        student_lr=spec.recipe.lr_for(is_lightweight(spec.student)), teacher_key=teacher_key)
+                        student_lr=spec.recipe.lr_for(is_lightweight(spec.student)), teacher_key=teacher_key,
+                        model_versions=versions)
 
 
 def run_dir_of(store: Store, resolved: ResolvedSpec) -> Path:
@@ -90,7 +93,7 @@ def identity_row(resolved: ResolvedSpec, env: Env) -> dict[str, Any]:
         "method_version": resolved.method_version, "method_config": resolved.method_config, "seed": s.seed,
         "teacher_seed": s.teacher_seed if s.teacher else None, "teacher_key": resolved.teacher_key,
         "teacher_ckpt": s.teacher_ckpt, "recipe": dataclasses.asdict(s.recipe), "student_lr": resolved.student_lr,
-        "imports": list(s.imports), "device": env.device, "memory_format": "channels_last" if env.channels_last
+        "imports": list(s.imports), "device": env.device, "memory_format": "channels_last" if s.recipe.channels_last
         else "contiguous", "cpu_capability": cpu_capability(), "num_threads": torch.get_num_threads(),
         "host": socket.gethostname(),
         "versions": {"kdbench": kdbench.__version__, "torch": torch.__version__, "python": platform.python_version(),
@@ -119,10 +122,11 @@ class Session:
     _teachers: Any = None
 
     def __post_init__(self) -> None:
-        from kdbench.teachers.cache import TeacherCache
-
         import_user_modules(list(self.imports))
-        self._teachers = TeacherCache(self)
+        self._teachers = TeacherCache(self.env, self.dataset, self._train_teacher)
+
+    def _train_teacher(self, tspec: RunSpec) -> dict[str, Any]:
+        return execute(tspec, self, label=run_label(tspec, teacher=True))
 
     def dataset(self, name: str) -> ImageData:
         if name not in self._datasets:
@@ -141,12 +145,13 @@ class Session:
 
 # -- executing one run --------------------------------------------------------------------
 
-def execute(spec: RunSpec, session: Session, keep_failed: bool = False) -> dict[str, Any]:
+def execute(spec: RunSpec, session: Session, keep_failed: bool = False, label: str | None = None) -> dict[str, Any]:
     """Run ``spec`` unless it is finished; return its result row (never raises for a failure
     of the run itself: that becomes a ``failed`` row).
 
     Done and skipped runs are final and returned as they are. A failed run is tried again
-    (the cause may have been fixed), unless ``keep_failed``.
+    (the cause may have been fixed), unless ``keep_failed``. ``label`` names the run in log
+    lines (default :func:`run_label`).
     """
     resolved = resolve(spec)
     run_dir = run_dir_of(session.store, resolved)
@@ -166,7 +171,7 @@ def execute(spec: RunSpec, session: Session, keep_failed: bool = False) -> dict[
         atomic_write_json(run_dir / SPEC, {"key": resolved.key, "spec": spec.to_json(), "identity": resolved.identity()})
         row = identity_row(resolved, session.env)
         try:
-            row.update(_train(spec, resolved, run_dir, session, lock))
+            row.update(_train(spec, resolved, run_dir, session, lock, label or run_label(spec)))
             row["status"] = "done"
         except Skipped as exc:
             row.update(status="skipped", reason=str(exc))
@@ -194,13 +199,16 @@ def _final_row(run_dir: Path, keep_failed: bool) -> dict[str, Any] | None:
     return {**existing, "run_dir": str(run_dir)}
 
 
-def run_label(spec: RunSpec) -> str:
-    """How logs name a run, everywhere: ``kd resnet20->resnet8 s0``, ``vanilla resnet20 s0``
-    (a teacher's training run is the vanilla run of its architecture)."""
+def run_label(spec: RunSpec, teacher: bool = False) -> str:
+    """How logs name a run, everywhere: ``kd resnet20->resnet8 s0``, ``vanilla resnet8 s0``;
+    a teacher's training run (the vanilla run of its architecture) is ``teacher resnet20 s0``."""
+    if teacher:
+        return f"teacher {spec.student} s{spec.seed}"
     return f"{spec.method} {spec.pair} s{spec.seed}"
 
 
-def _train(spec: RunSpec, resolved: ResolvedSpec, run_dir: Path, session: Session, lock: RunLock) -> dict[str, Any]:
+def _train(spec: RunSpec, resolved: ResolvedSpec, run_dir: Path, session: Session, lock: RunLock,
+           label: str) -> dict[str, Any]:
     """Build and train ``spec``; the measured part of its result row."""
     env = session.env
     data = session.dataset(spec.dataset).for_recipe(spec.recipe)  # augmentation + normalisation of the recipe
@@ -211,12 +219,12 @@ def _train(spec: RunSpec, resolved: ResolvedSpec, run_dir: Path, session: Sessio
         teacher, teacher_row = session.teacher(spec, resolved)
         return teacher
 
-    built = build_run(spec, data, env.torch_device, env.memory_format, load_teacher)
+    built = build_run(spec, data, env.torch_device, load_teacher)
     eval_data = EvalData(data.test_images, data.test_labels, data.mean, data.std, env.torch_device,
-                         env.eval_batch_size, env.memory_format)
+                         env.eval_batch_size, spec.recipe.memory_format)
     trainer = Trainer(student=built.student, teacher=built.teacher, method=built.method, train_data=built.train_data,
                       eval_data=eval_data, recipe=spec.recipe, lr=resolved.student_lr, seed=spec.seed, env=env,
-                      run_dir=run_dir, lock=lock, desc=run_label(spec))
+                      run_dir=run_dir, lock=lock, desc=label)
     result = trainer.fit()
     main = result.main_epochs()
     last = main[-1]

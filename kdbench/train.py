@@ -53,12 +53,11 @@ class NonFiniteLoss(RuntimeError):
 class Env:
     """How runs execute here; nothing in it changes a run's key.
 
-    ``progress=None`` shows progress bars only on a terminal. ``channels_last`` and
-    ``device`` are accepted everywhere (channels_last is a no-op for the math).
+    ``progress=None`` shows progress bars only on a terminal. (The memory format changes
+    results and is part of the recipe: ``Recipe.channels_last``.)
     """
 
     device: str = "cpu"
-    channels_last: bool = False
     data_root: str | None = None
     download: bool = False
     progress: bool | None = None
@@ -80,9 +79,6 @@ class Env:
             raise ValueError(f"--device {self.device} is not available here (available: {here})")
         return torch.device(f"{kind}{colon}{index}")
 
-    @property
-    def memory_format(self) -> torch.memory_format:
-        return torch.channels_last if self.channels_last else torch.contiguous_format
 
 
 def seed_everything(seed: int) -> None:

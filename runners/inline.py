@@ -30,11 +30,11 @@ class InlineRunner:
         queue = teachers + [s for s in specs if s not in teachers]
         rows = []
         for i, spec in enumerate(queue, 1):
-            label = f"[{i}/{len(queue)}] {run_label(spec)}"
-            log.info("%s%s", label, " (teacher)" if i <= len(teachers) else "")
-            row = execute(spec, session, keep_failed=self.keep_failed)
+            name = run_label(spec, teacher=i <= len(teachers))
+            log.info("[%d/%d] %s", i, len(queue), name)
+            row = execute(spec, session, keep_failed=self.keep_failed, label=name)
             rows.append(row)
-            log.info("%s: %s", label, outcome(row))
+            log.info("[%d/%d] %s: %s", i, len(queue), name, outcome(row))
         return rows
 
 

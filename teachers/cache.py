@@ -7,6 +7,10 @@ student of the grid; its run key is part of each student's key. A user-supplied 
 replaces training: its SHA-256 becomes the teacher key, and its accuracy is measured once.
 Loaded teachers are kept per process (the inline runner trains many students in a row).
 
+The cache knows nothing of sessions or runs: it is given how to load a dataset and how to
+train a teacher (``kdbench.run.Session`` passes its own ``execute``), so the dependency
+goes one way only (run → teachers).
+
 Every weights file is read with ``weights_only=True`` and checked against the architecture
 (:mod:`kdbench.teachers.checkpoints`): a file that cannot be used is a
 :class:`TeacherUnavailable` naming the teacher, the file and what to do, in one bounded
@@ -17,7 +21,7 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 from torch import nn
@@ -27,9 +31,9 @@ from kdbench.models import create_model
 from kdbench.spec import ResolvedSpec, RunSpec
 from kdbench.store import MODEL
 from kdbench.teachers.checkpoints import CheckpointError, load_checkpoint
+from kdbench.train import topk_correct
 
 if TYPE_CHECKING:
-    from kdbench.run import Session
     from kdbench.train import Env
 
 log = logging.getLogger(__name__)
@@ -40,10 +44,18 @@ class TeacherUnavailable(RuntimeError):
 
 
 class TeacherCache:
-    """Frozen teachers on the session's device, by teacher key."""
+    """Frozen teachers on ``env``'s device, by teacher key.
 
-    def __init__(self, session: "Session", wait_seconds: float = 10.0):
-        self.session = session
+    ``load_dataset(name)`` returns a loaded dataset; ``train(spec)`` executes a teacher's
+    training run and returns its result row (status ``done``, ``failed``, or ``running``
+    when another process holds it, in which case the cache waits and asks again).
+    """
+
+    def __init__(self, env: "Env", load_dataset: Callable[[str], ImageData],
+                 train: Callable[[RunSpec], dict[str, Any]], wait_seconds: float = 10.0):
+        self.env = env
+        self.load_dataset = load_dataset
+        self.train = train
         self.wait_seconds = wait_seconds
         self._models: dict[str, tuple[nn.Module, dict[str, Any]]] = {}
 
@@ -53,8 +65,8 @@ class TeacherCache:
         if key is None or spec.teacher is None:
             raise ValueError(f"run {spec.method} {spec.pair} has no teacher")
         if key not in self._models:
-            env = self.session.env
-            data = self.session.dataset(spec.dataset).for_recipe(spec.recipe)  # the recipe's normalisation
+            env = self.env
+            data = self.load_dataset(spec.dataset).for_recipe(spec.recipe)  # the recipe's normalisation
             model = create_model(spec.teacher, data.num_classes, data.input_size[0], data.input_size[1])
             if spec.teacher_ckpt:
                 load_supplied(model, spec)
@@ -62,20 +74,19 @@ class TeacherCache:
             else:
                 row = self._trained(spec.teacher_spec())
                 load_trained(model, spec, Path(row["run_dir"]))
-            model.to(env.torch_device, memory_format=env.memory_format).eval().requires_grad_(False)
+            model.to(env.torch_device, memory_format=spec.recipe.memory_format).eval().requires_grad_(False)
             if spec.teacher_ckpt:
-                row["top1_last"] = row["top1_best"] = evaluate_plain(model, data, env)
+                top1, top5 = evaluate_plain(model, data, env, spec.recipe.memory_format)
+                row.update(top1_last=top1, top1_best=top1, top5_last=top5, top5_best=top5)
                 log.info("teacher %s from %s: top1 %.2f on %s", spec.teacher, spec.teacher_ckpt, row["top1_last"],
                          spec.dataset)
             self._models[key] = (model, row)
         return self._models[key]
 
     def _trained(self, tspec: RunSpec | None) -> dict[str, Any]:
-        from kdbench.run import execute
-
         assert tspec is not None
         while True:
-            row = execute(tspec, self.session)
+            row = self.train(tspec)
             if row["status"] == "done":
                 return row
             if row["status"] != "running":
@@ -108,13 +119,14 @@ def load_trained(model: nn.Module, spec: RunSpec, run_dir: Path) -> None:
 
 
 @torch.no_grad()
-def evaluate_plain(model: nn.Module, data: ImageData, env: "Env") -> float:
-    """Top-1 (%) of a plain forward on the test split."""
+def evaluate_plain(model: nn.Module, data: ImageData, env: "Env",
+                   memory_format: torch.memory_format = torch.contiguous_format) -> tuple[float, float]:
+    """Top-1 and top-5 (%) of a plain forward on the test split."""
     model.eval()
     ev = EvalData(data.test_images, data.test_labels, data.mean, data.std, env.torch_device, env.eval_batch_size,
-                  env.memory_format)
-    correct = sum(int(model(b.x).argmax(1).eq(b.y).sum()) for b in ev)
-    return 100.0 * correct / len(ev)
+                  memory_format)
+    hits = [topk_correct(model(b.x).float(), b.y) for b in ev]
+    return tuple(100.0 * sum(int(h[k]) for h in hits) / len(ev) for k in (0, 1))  # type: ignore[return-value]
 
 
 def catalogue(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

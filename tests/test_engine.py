@@ -123,19 +123,30 @@ def test_a_supplied_teacher_checkpoint_is_used_instead_of_training(tmp_path):
     assert kd["teacher_top1"] is not None and 0 <= kd["teacher_top1"] <= 100
 
 
-def test_amp_and_channels_last_are_accepted_and_work_on_cpu(tmp_path):
-    args = ["run", *FAST, "--pairs", "resnet8->resnet8", "--epochs", "1", "--methods", "kd", "--amp",
-            "--channels-last", "--device", "cpu", "--out", str(tmp_path)]
-    assert kdbench_main.main(args) == 0
+def test_amp_and_channels_last_work_on_cpu_and_are_part_of_the_run_key(tmp_path):
+    base = ["run", *FAST, "--pairs", "resnet8->resnet8", "--epochs", "1", "--methods", "kd", "--device", "cpu"]
+    assert kdbench_main.main([*base, "--amp", "--channels-last", "--out", str(tmp_path)]) == 0
     kd = only(rows(tmp_path), method="kd")
-    assert kd["status"] == "done" and kd["recipe"]["amp"] is True
+    assert kd["status"] == "done" and kd["recipe"]["amp"] is True and kd["recipe"]["channels_last"] is True
+    assert kd["memory_format"] == "channels_last" and kd["device"] == "cpu"
+    from kdbench.grid import build_grid
+    from kdbench.run import resolve
+
+    def kd_key(**flags):
+        grid = build_grid(dataset="digits", methods="kd", pairs="resnet8->resnet8", seeds="1", epochs=1, **flags)
+        return resolve([s for s in grid.expand() if s.method == "kd"][0]).key
+
+    plain = kd_key()
+    assert kd["run_key"] not in (plain, kd_key(recipe={"amp": True}), kd_key(recipe={"channels_last": True}))
+    assert kd_key(recipe={"channels_last": True}) != plain != kd_key(recipe={"amp": True})
 
 
 def test_cuda_request_without_cuda_is_a_clear_error(tmp_path, capsys):
     if torch.cuda.is_available():
         pytest.skip("CUDA is available here")
     code = kdbench_main.main(["run", *FAST, "--device", "cuda", "--epochs", "1", "--out", str(tmp_path)])
-    assert code == 2 and "CUDA is not available" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert code == 2 and "--device cuda is not available here" in err and "cpu" in err
 
 
 def test_main_stage_sees_the_same_batches_whether_or_not_a_pre_stage_ran(tmp_path, monkeypatch):
