@@ -17,6 +17,10 @@ def test_presets_hold_the_published_grids():
     assert list(PAIR_PRESETS["hkd"]) == [
         ("resnet32x4", "resnet8x4"), ("resnet32x4", "shufflev2"), ("vgg13", "mobilenetv2"), ("resnet50", "vgg8"),
         ("resnet50", "mobilenetv2")]
+    assert list(PAIR_PRESETS["hkd_tiny_imagenet"]) == [  # the columns of HKD's Tiny-ImageNet table
+        ("resnet32x4", "resnet8x4"), ("resnet32x4", "shufflev2"), ("vgg13", "mobilenetv2"), ("resnet50", "vgg8"),
+        ("vgg13", "vgg8")]
+    assert parse_pairs(None, "tiny_imagenet") == list(PAIR_PRESETS["hkd_tiny_imagenet"])
     assert list(PAIR_PRESETS["digits"]) == [("resnet20", "resnet8")]
     # the CRD grid (harness.CRD_GRID, written out independently): 7 same-family then 6 cross-family pairs
     assert list(PAIR_PRESETS["crd"]) == CRD_GRID
