@@ -5,10 +5,11 @@
 same seeding:
 
 1. resolve the method's Config from the spec's overrides;
-2. seed everything from the run's seed, build the student (the method's own type through
+2. build the teacher architecture and measure its taps (a fresh, untrained copy: measuring
+   needs shapes only, so a pair the method declines never trains a teacher; its random
+   initialisation is drawn from a forked RNG, so it changes nothing downstream);
+3. seed everything from the run's seed, build the student (the method's own type through
    ``Method.make_student``, else the model zoo) and measure its taps;
-3. build the teacher architecture and measure its taps (a fresh, untrained copy: measuring
-   needs shapes only, so a pair the method declines never trains a teacher);
 4. ``Method.check`` — a declined pair raises :class:`Skipped` with the reason;
 5. obtain the real teacher (the engine's teacher cache; tests use the fresh copy);
 6. re-seed from ``(seed, 1)`` — independent of whether a teacher was just trained — and
@@ -85,11 +86,14 @@ def build_run(spec: RunSpec, data: ImageData, device: torch.device | str = "cpu"
     train = TrainData(data, spec.recipe.batch_size, device, spec.seed, memory_format)
     ctx = method_context(spec, data, train, device, spec.teacher if needs_teacher else None)
 
+    fresh_teacher = teacher_info = None
+    if needs_teacher:
+        with torch.random.fork_rng(devices=[]):  # measuring the teacher draws nothing from the run's stream
+            fresh_teacher = create_model(spec.teacher, data.num_classes, c, h)
+            teacher_info = measure(fresh_teacher, data.input_size)
     seed_everything(spec.seed)
-    student = cls.make_student(cfg, ctx) or create_model(spec.student, data.num_classes, c, h)
+    student = cls.make_student(cfg, ctx, teacher_info) or create_model(spec.student, data.num_classes, c, h)
     student_info = measure(student, data.input_size)
-    fresh_teacher = create_model(spec.teacher, data.num_classes, c, h) if needs_teacher else None
-    teacher_info = measure(fresh_teacher, data.input_size) if fresh_teacher is not None else None
     reason = cls.check(cfg, teacher_info, student_info)
     if reason:
         raise Skipped(reason)

@@ -124,8 +124,16 @@ class Grid:
         cls = METHODS.get(method)
         return cls.needs(resolve_config(cls, self.overrides.get(method, {}))).teacher
 
+    def student_of(self, method: str, pair_student: str) -> str:
+        """The student a run of ``method`` trains: the pair's, or the method's own type
+        (``Method.student_name``: e.g. CNN2GNN's ``gnn``, shared by every column)."""
+        cls = METHODS.get(method)
+        return cls.student_name(resolve_config(cls, self.overrides.get(method, {}))) or pair_student
+
     def expand(self) -> list[RunSpec]:
-        """All runs of the grid, validated, in a deterministic order (vanilla deduplicated)."""
+        """All runs of the grid, validated, in a deterministic order. Runs that do not depend
+        on the pair are listed once: ``vanilla`` per student, a method with its own student
+        type per teacher (or once, without a teacher)."""
         import_user_modules(self.imports)
         self.validate()
         recipe = self.resolved_recipe()
@@ -137,7 +145,8 @@ class Grid:
                 needs_teacher = self.needs_teacher(method)
                 for seed in self.seeds:
                     spec = RunSpec(
-                        dataset=self.dataset, student=student, method=method, seed=seed, recipe=recipe,
+                        dataset=self.dataset, student=self.student_of(method, student), method=method, seed=seed,
+                        recipe=recipe,
                         teacher=teacher if needs_teacher else None,
                         overrides=tuple(sorted(_hashable(self.overrides.get(method, {})).items())),
                         teacher_seed=self.teacher_seed,

@@ -240,10 +240,22 @@ class Method(nn.Module):
         parameter it owns). Return a subset to freeze the rest (e.g. FT's paraphraser)."""
         return [self]
 
+    @property
+    def taps(self) -> Needs:
+        """``needs`` under this method's own Config."""
+        return type(self).needs(self.cfg)
+
+    def student_forward(self, student: nn.Module, batch: Batch, teacher_out: Outputs | None,
+                        preact: bool) -> Outputs:
+        """The student's outputs for a training batch (default: ``student.forward_taps``).
+        A method whose student needs more than the images (CNN2GNN's GNN: the batch graph
+        from the sample indices, or the teacher's embeddings as input) overrides this."""
+        return student.forward_taps(batch.x, preact=preact)
+
     def uses_teacher_in_main(self) -> bool:
         """Whether the main phase runs the teacher (default: ``needs(cfg).teacher``). A
         method whose main phase is CE only (AB) returns False and saves the teacher's forward."""
-        return self.needs(self.cfg).teacher
+        return self.taps.teacher
 
     def run_info(self) -> dict[str, Any]:
         """Values the method worked out at build time (e.g. DKD's β preset, CRD's
@@ -255,8 +267,18 @@ class Method(nn.Module):
         return data
 
     @classmethod
-    def make_student(cls, cfg: MethodConfig, ctx: MethodContext) -> nn.Module | None:
-        """A student of the method's own type replacing the pair's student, or ``None``."""
+    def student_name(cls, cfg: MethodConfig) -> str | None:
+        """The name of the method's own student type (e.g. ``"gnn"``), or ``None`` when the
+        method trains the pair's student. A method with its own student must implement
+        :meth:`make_student`; its runs carry this name as their student, so one run
+        serves every column with the same teacher (or every column, without a teacher),
+        and reports place it in those columns saying that the CNN student is not used."""
+        return None
+
+    @classmethod
+    def make_student(cls, cfg: MethodConfig, ctx: MethodContext, teacher_info: TapInfo | None) -> nn.Module | None:
+        """A student of the method's own type (see :meth:`student_name`), or ``None``.
+        ``teacher_info`` (measured on an untrained copy) sizes inputs taken from the teacher."""
         return None
 
     def predict(self, student: nn.Module, teacher: nn.Module | None, batch: Batch) -> Tensor:
@@ -265,7 +287,18 @@ class Method(nn.Module):
 
     @property
     def uses_teacher_at_inference(self) -> bool:
+        """Whether inference runs the teacher (e.g. a student fed the teacher's features)."""
         return False
+
+    def inference_cost(self, student: nn.Module, teacher: nn.Module | None) -> dict[str, int]:
+        """What inference consults beyond the images, for the result row:
+        ``inference_params`` (the student's, plus the teacher's when inference runs it) and
+        ``inference_stored_values`` (numbers kept from training, e.g. a stored training set;
+        0 for a plain forward). Override when :meth:`predict` consults more."""
+        params = sum(p.numel() for p in student.parameters())
+        if self.uses_teacher_at_inference and teacher is not None:
+            params += sum(p.numel() for p in teacher.parameters())
+        return {"inference_params": params, "inference_stored_values": 0}
 
     # -- helpers for subclasses -----------------------------------------------------------
     @classmethod

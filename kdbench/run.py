@@ -60,7 +60,11 @@ def resolve(spec: RunSpec) -> ResolvedSpec:
             teacher_key = resolve(spec.teacher_spec()).key
     elif spec.teacher:
         raise ValueError(f"method {spec.method!r} uses no teacher; give it teacher=None")
-    versions = {"student": model_version(spec.student),
+    own_student = cls.student_name(cfg)
+    if own_student is not None and own_student != spec.student:
+        raise ValueError(f"method {spec.method!r} trains its own student {own_student!r}; the run names "
+                         f"{spec.student!r} (build runs with kdbench.grid)")
+    versions = {"student": None if own_student else model_version(spec.student),  # own: the method's version
                 "teacher": model_version(spec.teacher) if spec.teacher else None}
     return ResolvedSpec(spec=spec, method_version=cls.version, method_config=config_dict(cfg),
                         student_lr=spec.recipe.lr_for(is_lightweight(spec.student)), teacher_key=teacher_key,
@@ -89,6 +93,8 @@ def identity_row(resolved: ResolvedSpec, env: Env) -> dict[str, Any]:
     s = resolved.spec
     return {
         "run_key": resolved.key, "dataset": s.dataset, "teacher": s.teacher, "student": s.student,
+        "own_student": method_class(s.method).student_name(resolve_config(method_class(s.method),
+                                                                           s.overrides_dict())) is not None,
         "pair": f"{s.teacher}->{s.student}" if s.teacher else s.student, "method": s.method,
         "method_version": resolved.method_version, "method_config": resolved.method_config, "seed": s.seed,
         "teacher_seed": s.teacher_seed if s.teacher else None, "teacher_key": resolved.teacher_key,
@@ -244,6 +250,8 @@ def _train(spec: RunSpec, resolved: ResolvedSpec, run_dir: Path, session: Sessio
         "student_params": sum(p.numel() for p in student.parameters()),
         "extra_params": sum(p.numel() for p in built.method.parameters()),
         "uses_teacher_at_inference": built.method.uses_teacher_at_inference,
+        **built.method.inference_cost(student, built.teacher),
+        "infer_ms_per_image": round(1000.0 * last["eval_time_s"] / max(1, len(eval_data)), 5),
         "method_info": built.method.run_info(),
         "resumed_from": list(result.resumed_from) if result.resumed_from else None,
         "num_train": len(built.train_data), "num_test": len(eval_data),

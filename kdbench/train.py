@@ -201,18 +201,21 @@ def set_phase_modes(student: nn.Module, method: Method, teacher: nn.Module | Non
 
 
 def phase_losses(student: nn.Module | None, teacher: nn.Module | None, phase: Phase, batch, info: StepInfo,
-                 needs: Needs) -> tuple[Any, dict[str, Tensor]]:
+                 method: Method) -> tuple[Any, dict[str, Tensor]]:
     """One step's forward passes and named loss terms (CE first when the phase uses it).
 
-    The teacher runs first, under ``no_grad``, and keeps only the taps the method ``needs``
+    The teacher runs first, under ``no_grad``, and keeps only the taps the method needs
     (logits and embedding always; stage maps, stem and pre-activations only for spatial
     methods), so its large activations are freed before the student's forward reuses the
-    memory. ``student=None`` skips the student (phases that train only method modules)."""
+    memory. The student runs through ``method.student_forward`` (a plain ``forward_taps``
+    unless the method's student needs more, e.g. the GNN's batch graph).
+    ``student=None`` skips the student (phases that train only method modules)."""
+    needs = method.taps
     t = None
     if teacher is not None:
         with torch.no_grad():
             t = keep_needed(teacher.forward_taps(batch.x, preact=needs.preact), needs)
-    s = student.forward_taps(batch.x, preact=needs.preact) if student is not None else None
+    s = method.student_forward(student, batch, t, needs.preact) if student is not None else None
     terms = phase.loss(s, t, batch, info)
     if phase.ce_weight and s is not None:
         terms = {"loss_ce": phase.ce_weight * F.cross_entropy(s.logits.float(), batch.y), **terms}
@@ -269,7 +272,6 @@ class Trainer:
 
     def __post_init__(self) -> None:
         self.phase_list = phase_plan(self.method, self.recipe.epochs)
-        self.needs = self.method.needs(self.method.cfg)
         self.device = self.env.torch_device
         self.autocast = torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.recipe.amp)
         if self.teacher is not None:
@@ -332,7 +334,9 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
-        """Top-1/top-5 (%) on the test split through ``method.predict``."""
+        """Top-1/top-5 (%) on the test split through ``method.predict``, and the seconds the
+        pass took (``eval_time_s``: the inference cost per image in the result row)."""
+        t0 = time.perf_counter()
         self.student.eval()
         self.method.eval()
         correct1 = correct5 = torch.zeros((), device=self.device, dtype=torch.long)
@@ -342,7 +346,8 @@ class Trainer:
             c1, c5 = topk_correct(logits.float(), batch.y)
             correct1, correct5 = correct1 + c1, correct5 + c5
         n = len(self.eval_data)
-        return {"test_top1": 100.0 * correct1.item() / n, "test_top5": 100.0 * correct5.item() / n}
+        top1, top5 = 100.0 * correct1.item() / n, 100.0 * correct5.item() / n  # .item() waits for the device
+        return {"test_top1": top1, "test_top5": top5, "eval_time_s": round(time.perf_counter() - t0, 5)}
 
     # -- phases -------------------------------------------------------------------------
     def begin_phase(self, phase: Phase) -> torch.optim.Optimizer:
@@ -401,7 +406,7 @@ class Trainer:
         faults) and cost ~5 % of a CPU step (measured with benchmarks/kd_step.py)."""
         with self.autocast:
             s, terms = phase_losses(self.student if run_student else None, self.teacher if use_teacher else None,
-                                    phase, batch, info, self.needs)
+                                    phase, batch, info, self.method)
         total = sum(terms.values())
         optimizer.zero_grad(set_to_none=True)
         total.backward()

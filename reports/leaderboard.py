@@ -8,6 +8,9 @@ Rows are built from the store's result rows (``result.json``), never from file p
   pair with that student;
 * one row per method, KD first. Each method's arrow compares its mean with KD's on the
   same pair (↑ higher, ↓ lower, = equal); KD's own arrow compares it with ``vanilla``.
+* a method that trains its own student type (``own_student`` rows, e.g. CNN2GNN's GNN)
+  sits in every column of its teacher (every column when it has none), with a note that
+  the column's CNN student is not used.
 
 Nothing that differs in the run key is ever averaged together, only seeds are:
 
@@ -306,13 +309,16 @@ def _build_table(rows: list[dict[str, Any]], by_key: dict[str, dict[str, Any]], 
                  caption: str) -> Table:
     """The table of one recipe's rows."""
     col = METRICS[metric]
-    teacher_rows = [r for r in rows if r.get("teacher")]
+    own_rows = [r for r in rows if r.get("own_student")]
+    teacher_rows = [r for r in rows if r.get("teacher") and not r.get("own_student")]
     columns = _columns(teacher_rows, pairs, by_key)
     students = {c.student for c in columns}
     vanilla_rows = [r for r in rows if not r.get("teacher") and r.get("method") == STUDENT_METHOD
                     and r.get("student") in students]
-    variants = _row_variants(teacher_rows + vanilla_rows, methods)
-    notes: list[str] = []
+    variants = _row_variants(teacher_rows + vanilla_rows + own_rows, methods)
+    own_methods = {r["method"]: r.get("student_arch") or r.get("student") for r in own_rows}
+    notes: list[str] = [f"{m}: trains its own student ({s}); the column's CNN student is not used"
+                        for m, s in own_methods.items()]
     failures: list[dict[str, Any]] = []
     cells: dict[tuple[str, str], Cell] = {}
     seen_seeds: list[int] = []
@@ -320,6 +326,10 @@ def _build_table(rows: list[dict[str, Any]], by_key: dict[str, dict[str, Any]], 
         for v in variants:
             if v.method == STUDENT_METHOD:
                 sub = [r for r in vanilla_rows if r["student"] == c.student and variant_id(r) == v.variant]
+            elif v.method in own_methods:
+                sub = [r for r in own_rows if r["method"] == v.method and variant_id(r) == v.variant
+                       and (not r.get("teacher") or (r["teacher"] == c.teacher and (
+                           c.teacher_key == ANY_TEACHER or r.get("teacher_key") == c.teacher_key)))]
             else:
                 sub = [r for r in teacher_rows if r["method"] == v.method and variant_id(r) == v.variant
                        and r["teacher"] == c.teacher and r["student"] == c.student

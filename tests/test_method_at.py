@@ -155,7 +155,7 @@ def test_gradient_flows_to_the_student_only(mode):
         return m.loss(s, t, batch, info)
 
     main = dataclasses.replace(main, loss=loss)
-    _, terms = phase_losses(student, teacher, main, setup.batch(), setup.step_info(main), m.needs(m.cfg))
+    _, terms = phase_losses(student, teacher, main, setup.batch(), setup.step_info(main), m)
     terms["loss_at"].backward()  # the AT term alone (CE would reach the student anyway)
     assert len(seen) == 1 and len(seen[0].stages) == 3
     assert all(not f.requires_grad for f in seen[0].stages)

@@ -151,7 +151,7 @@ def test_hint_stage_trains_the_student_up_to_the_hint_and_the_regressor_only():
     m.train()
     opt = torch.optim.SGD(params, lr=0.1, momentum=0.9, weight_decay=5e-4)
     before = {n: p.detach().clone() for n, p in student.named_parameters()}
-    _, terms = phase_losses(student, setup.teacher, hint, setup.batch(), setup.step_info(hint), setup.method.needs())
+    _, terms = phase_losses(student, setup.teacher, hint, setup.batch(), setup.step_info(hint), setup.method)
     assert set(terms) == {"loss_hint"}  # no CE in the hint stage
     opt.zero_grad(set_to_none=True)
     sum(terms.values()).backward()

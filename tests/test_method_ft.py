@@ -162,7 +162,7 @@ def test_paraphraser_stage_trains_only_the_paraphraser():
     para, main = setup.phases()
     params = configure_phase(setup.student, m, para)
     assert {id(p) for p in params} == {id(p) for p in m.paraphraser.parameters()}
-    _, terms = phase_losses(None, setup.teacher, para, setup.batch(), setup.step_info(para), setup.method.needs())
+    _, terms = phase_losses(None, setup.teacher, para, setup.batch(), setup.step_info(para), setup.method)
     assert set(terms) == {"loss_rec"}
     sum(terms.values()).backward()
     assert all(p.grad is not None for p in m.paraphraser.parameters())
@@ -183,7 +183,7 @@ def test_main_stage_freezes_the_paraphraser_in_eval_mode():
     assert not {id(p) for p in m.paraphraser.parameters()} & {id(p) for p in params}
     before = {k: v.clone() for k, v in m.paraphraser.state_dict().items()}
     opt = torch.optim.SGD(params, lr=0.1, momentum=0.9, weight_decay=5e-4)
-    _, terms = phase_losses(student, setup.teacher, main, setup.batch(), setup.step_info(main), setup.method.needs())
+    _, terms = phase_losses(student, setup.teacher, main, setup.batch(), setup.step_info(main), setup.method)
     assert set(terms) == {"loss_ce", "loss_ft"}
     opt.zero_grad(set_to_none=True)
     sum(terms.values()).backward()
@@ -232,7 +232,7 @@ def test_paper_mode_backpropagates_to_student_and_translator_only():
     m, student = setup.method, setup.student
     _, main = setup.phases()
     configure_phase(student, m, main)
-    _, terms = phase_losses(student, setup.teacher, main, setup.batch(), setup.step_info(main), setup.method.needs())
+    _, terms = phase_losses(student, setup.teacher, main, setup.batch(), setup.step_info(main), setup.method)
     sum(terms.values()).backward()
     assert math.isfinite(terms["loss_ft"].item())
     assert all(p.grad is not None for p in m.translator.parameters())

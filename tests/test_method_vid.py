@@ -173,7 +173,7 @@ def test_the_teacher_is_a_target_through_the_engine():
         return m.loss(s, t, batch, info)
 
     main = dataclasses.replace(main, loss=loss)
-    _, terms = phase_losses(student, teacher, main, setup.batch(), setup.step_info(main), m.needs(m.cfg))
+    _, terms = phase_losses(student, teacher, main, setup.batch(), setup.step_info(main), m)
     sum(terms.values()).backward()
     assert len(seen) == 1 and len(seen[0].stages) == 3
     assert all(not f.requires_grad for f in seen[0].stages)

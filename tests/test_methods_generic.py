@@ -54,7 +54,7 @@ def test_one_backward_reaches_every_trainable_parameter_and_never_the_teacher(na
         batch = setup.batch()
         use_teacher = setup.teacher if stage.needs_teacher else None
         s_out, terms = phase_losses(setup.student if stage.student != "none" else None, use_teacher, stage, batch,
-                                setup.step_info(stage), m.needs())
+                                setup.step_info(stage), m)
         for k, v in terms.items():
             assert k.startswith("loss_") and v.dim() == 0 and math.isfinite(v.item()), (k, v)
         upstream = student_params_feeding_tapped_maps(setup.student, s_out, m.needs(m.cfg)) \
