@@ -252,6 +252,18 @@ class Method(nn.Module):
         from the sample indices, or the teacher's embeddings as input) overrides this."""
         return student.forward_taps(batch.x, preact=preact)
 
+    def eval_batch_size(self) -> int | None:
+        """The test batch size when it changes predictions (CNN2GNN's Mechanism 2 builds a
+        graph over each test batch): part of the Config, hence of the run key. ``None``
+        (the default): predictions do not depend on it; the environment's is used."""
+        return None
+
+    def main_lr(self, recipe_lr: float) -> float:
+        """The main phase's base lr (before the recipe's decay); default the recipe's. A
+        method whose student is not the CNN the recipe was tuned for (CNN2GNN's GNN) may
+        scale it through a Config option (and say so in its docstring)."""
+        return recipe_lr
+
     def uses_teacher_in_main(self) -> bool:
         """Whether the main phase runs the teacher (default: ``needs(cfg).teacher``). A
         method whose main phase is CE only (AB) returns False and saves the teacher's forward."""

@@ -227,7 +227,7 @@ def _train(spec: RunSpec, resolved: ResolvedSpec, run_dir: Path, session: Sessio
 
     built = build_run(spec, data, env.torch_device, load_teacher)
     eval_data = EvalData(data.test_images, data.test_labels, data.mean, data.std, env.torch_device,
-                         env.eval_batch_size, spec.recipe.memory_format)
+                         built.method.eval_batch_size() or env.eval_batch_size, spec.recipe.memory_format)
     trainer = Trainer(student=built.student, teacher=built.teacher, method=built.method, train_data=built.train_data,
                       eval_data=eval_data, recipe=spec.recipe, lr=resolved.student_lr, seed=spec.seed, env=env,
                       run_dir=run_dir, lock=lock, desc=label)

@@ -79,12 +79,13 @@ def measure(model: nn.Module, input_size: tuple[int, int, int], device: torch.de
     """Dry-run ``model`` on a batch of 2 in eval mode and record the tap shapes.
 
     The model's train/eval mode is restored afterwards and BN statistics are untouched
-    (eval mode), so measuring is side-effect free.
+    (eval mode), so measuring is side-effect free. A model whose inputs are not images
+    (a GNN fed teacher embeddings) declares ``input_shape``, the shape of one input row.
     """
     was_training = model.training
     model.eval()
     try:
-        x = torch.zeros(2, *input_size, device=device)
+        x = torch.zeros(2, *getattr(model, "input_shape", input_size), device=device)
         out = model.forward_taps(x, preact=has_preact(model))
     finally:
         model.train(was_training)

@@ -360,7 +360,7 @@ class Trainer:
         if phase.name != "main":
             return self.lr if phase.lr is None else phase.lr
         decays = sum(epoch > m for m in self.recipe.milestone_epochs())
-        return self.lr * (self.recipe.lr_decay ** decays)
+        return self.method.main_lr(self.lr) * (self.recipe.lr_decay ** decays)
 
     def train_epoch(self, pi: int, phase: Phase, epoch: int, optimizer: torch.optim.Optimizer,
                     progress: Progress) -> dict[str, Any]:

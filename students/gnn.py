@@ -401,6 +401,12 @@ class GNNStudent(nn.Module):
     def embedding_dim(self) -> int:
         return self.gcn.hidden_dim
 
+    @property
+    def input_shape(self) -> tuple[int]:
+        """The shape of one input row (flattened pixels or a teacher embedding); what
+        :func:`kdbench.taps.measure` feeds instead of an image."""
+        return (self.gcn.layer1.in_features,)
+
     def batch_distances(self, x: Tensor, index: Tensor | None = None) -> Tensor:
         """B x B distances of a training batch: head outputs at the batch's own dataset
         indices (``graph="head"``; ``index`` required), else inner/Euclidean distances of

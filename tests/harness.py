@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from kdbench.build import Skipped, build_run
+from kdbench.config import resolve_config
 from kdbench.data import Augment, Batch, ImageData, TrainData, epoch_generator
 from kdbench.method import Method, Phase, StepInfo
 from kdbench.models import create_model
@@ -58,7 +59,7 @@ def build(method: str, teacher: str = "resnet20", student: str = "resnet8", over
     cls = METHODS.get(method)
     spec = RunSpec(dataset="random", student=student, method=method, seed=0,
                    recipe=Recipe(epochs=epochs, batch_size=batch_size),
-                   teacher=teacher if cls.needs().teacher else None,
+                   teacher=teacher if cls.needs(resolve_config(cls, overrides or {})).teacher else None,
                    overrides=tuple(sorted((overrides or {}).items())))
     try:
         built = build_run(spec, data)
