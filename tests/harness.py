@@ -73,6 +73,29 @@ def build(method: str, teacher: str = "resnet20", student: str = "resnet8", over
                  built.teacher_info, None)
 
 
+def main_step_with_trainable_teacher(setup: Setup):
+    """One main-phase forward through the engine's own ``phase_losses`` with the teacher's
+    weights left trainable (so that only the engine keeps gradients out of it): returns the
+    teacher outputs the loss saw and the loss terms (for "the teacher gets no gradient")."""
+    import dataclasses
+
+    from kdbench.train import configure_phase, phase_losses
+
+    m, student, teacher = setup.method, setup.student, setup.teacher
+    teacher.requires_grad_(True)
+    main = setup.phases()[-1]
+    configure_phase(student, m, main)
+    seen = []
+
+    def loss(s, t, batch, info):
+        seen.append(t)
+        return m.loss(s, t, batch, info)
+
+    _, terms = phase_losses(student, teacher, dataclasses.replace(main, loss=loss), setup.batch(),
+                            setup.step_info(main), m)
+    return seen, terms
+
+
 #: The CRD CIFAR-100 benchmark (Tian et al. 2020, Table 1 and 2): 7 same-family, then 6
 #: cross-family teacher->student pairs. Written out here independently of kdbench's presets.
 CRD_GRID = [("wrn_40_2", "wrn_16_2"), ("wrn_40_2", "wrn_40_1"), ("resnet56", "resnet20"), ("resnet110", "resnet20"),

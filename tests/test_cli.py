@@ -1,6 +1,5 @@
 """The command line: errors that help, listings, status and reports."""
 import json
-import os
 import shutil
 import stat
 

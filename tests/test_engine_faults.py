@@ -1,7 +1,6 @@
 """Faults and what the engine says about them: the loss term that broke first, failed runs
 retried by a plain re-run, one log line per epoch in log files, each run reported once
 under one name, Ctrl-C, and checkpoints that are read weights-only."""
-import json
 import os
 import pickle
 import signal

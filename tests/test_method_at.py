@@ -1,5 +1,4 @@
 """AT (Zagoruyko & Komodakis 2017): golden values of both modes, pooling, check()."""
-import dataclasses
 import math
 
 import pytest
@@ -9,8 +8,8 @@ from kdbench.method import MethodContext
 from kdbench.config import resolve_config
 from kdbench.methods.at import AT
 from kdbench.taps import Outputs, TapInfo
-from kdbench.train import configure_phase, phase_losses
-from harness import CRD_GRID, build, cifar_info as info
+
+from harness import main_step_with_trainable_teacher, CRD_GRID, build, cifar_info as info
 from naive_ref import naive_common
 
 
@@ -144,18 +143,8 @@ def test_gradient_flows_to_the_student_only(mode):
     own step, with the teacher's weights left trainable so that nothing else keeps the
     gradient out, its maps carry no graph and its weights get no gradient; the student's do."""
     setup = build("at", "resnet20", "resnet8", overrides={"mode": mode})
-    m, student, teacher = setup.method, setup.student, setup.teacher
-    teacher.requires_grad_(True)
-    main = setup.phases()[-1]
-    configure_phase(student, m, main)
-    seen = []
-
-    def loss(s, t, batch, info):
-        seen.append(t)
-        return m.loss(s, t, batch, info)
-
-    main = dataclasses.replace(main, loss=loss)
-    _, terms = phase_losses(student, teacher, main, setup.batch(), setup.step_info(main), m)
+    student, teacher = setup.student, setup.teacher
+    seen, terms = main_step_with_trainable_teacher(setup)
     terms["loss_at"].backward()  # the AT term alone (CE would reach the student anyway)
     assert len(seen) == 1 and len(seen[0].stages) == 3
     assert all(not f.requires_grad for f in seen[0].stages)

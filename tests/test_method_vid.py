@@ -1,5 +1,4 @@
 """VID (Ahn et al. 2019) golden values, computed with plain loops from REFERENCE.md §1."""
-import dataclasses
 import math
 
 import pytest
@@ -10,8 +9,8 @@ from kdbench.method import MethodContext
 from kdbench.config import resolve_config
 from kdbench.methods.vid import VID
 from kdbench.taps import Outputs, TapInfo
-from kdbench.train import configure_phase, phase_losses, phase_plan
-from harness import CRD_GRID as CRD_PAIRS, build, cifar_info as info
+from kdbench.train import configure_phase, phase_plan
+from harness import main_step_with_trainable_teacher, CRD_GRID as CRD_PAIRS, build, cifar_info as info
 
 CTX = MethodContext(num_classes=5, num_train_samples=10, device=torch.device("cpu"), epochs=1, steps_per_epoch=1,
                     teacher_arch="t", student_arch="s", dataset="random", input_size=(3, 8, 8))
@@ -163,17 +162,7 @@ def test_the_teacher_is_a_target_through_the_engine():
     graph and its weights get no gradient, while the student, the regressors and θ do."""
     setup = build("vid", "resnet20", "resnet8")
     m, student, teacher = setup.method, setup.student, setup.teacher
-    teacher.requires_grad_(True)
-    main = setup.phases()[-1]
-    configure_phase(student, m, main)
-    seen = []
-
-    def loss(s, t, batch, info):
-        seen.append(t)
-        return m.loss(s, t, batch, info)
-
-    main = dataclasses.replace(main, loss=loss)
-    _, terms = phase_losses(student, teacher, main, setup.batch(), setup.step_info(main), m)
+    seen, terms = main_step_with_trainable_teacher(setup)
     sum(terms.values()).backward()
     assert len(seen) == 1 and len(seen[0].stages) == 3
     assert all(not f.requires_grad for f in seen[0].stages)
