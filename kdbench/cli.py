@@ -60,11 +60,26 @@ def _env_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or mps")
     g.add_argument("--data-root", help="data root (default: $KDBENCH_DATA or ~/.cache/kdbench/data)")
     g.add_argument("--download", action="store_true", help="let torchvision download the dataset if it can")
-    g.add_argument("--runner", help="inline (default); see `kdbench list runners`")
+    g.add_argument("--runner", help="inline (default), local or slurm; see `kdbench list runners`")
     g.add_argument("--keep-failed", action="store_true",
                    help="do not retry failed runs (by default a re-run retries them; done and skipped runs are final)")
     g.add_argument("--retry-failed", action="store_true", help=argparse.SUPPRESS)  # retrying is the default now; still accepted
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
+    r = p.add_argument_group("runners local and slurm (also a `runner:` block in the grid file)")
+    r.add_argument("--max-parallel", type=int, help="local: jobs at a time (default: GPUs, else CPU cores)")
+    r.add_argument("--time-min", dest="timeout_min", type=float, help="time limit per job in minutes (default 1440)")
+    r.add_argument("--cpus-per-job", type=int, help="CPUs (and torch threads) per job")
+    r.add_argument("--gpus-per-job", type=int, help="slurm: GPUs per job (default 0)")
+    r.add_argument("--mem-gb", type=float, help="slurm: memory per job in GB")
+    r.add_argument("--partition", help="slurm: partition")
+    r.add_argument("--array-parallelism", type=int, help="slurm: tasks of one array running at once (default 256)")
+    r.add_argument("--max-requeues", type=int, help="slurm: requeues after time-outs/preemptions (default 3)")
+    r.add_argument("--sbatch", action="append", metavar="KEY=VALUE",
+                   help="slurm: an extra sbatch option, e.g. account=proj, qos=high, constraint=a100 (repeatable)")
+    r.add_argument("--setup", action="append", metavar="COMMAND",
+                   help="slurm: a shell line run before each job, e.g. 'module load cuda' (repeatable)")
+    r.add_argument("--hold", action="store_true", help="slurm: submit the jobs held (release: scontrol release ID)")
+    r.add_argument("--wait", action="store_true", help="slurm: wait for the jobs to end, then print the leaderboard")
 
 
 def _verbosity_args(p: argparse.ArgumentParser, top_level: bool = False) -> None:
@@ -186,8 +201,29 @@ def grid_from_args(args: argparse.Namespace) -> Grid:
     return with_overrides(grid, args.assignments) if args.assignments else grid
 
 
+#: ``kdbench run`` flags that are runner options (``None`` when not given).
+RUNNER_FLAGS = ("max_parallel", "timeout_min", "cpus_per_job", "gpus_per_job", "mem_gb", "partition",
+                "array_parallelism", "max_requeues", "sbatch", "setup", "hold", "wait")
+
+
+def make_runner(args: argparse.Namespace, grid: Grid) -> Any:
+    """The runner named by ``--runner`` or the grid's ``runner: {name: …}``, with the
+    grid's options overridden by flags; an option the runner does not take is an error
+    listing those it does."""
+    from kdbench.runners.options import runner_from_options
+
+    options = {str(k).replace("-", "_"): v for k, v in grid.runner.items()}
+    name = args.runner or options.pop("name", None) or "inline"
+    options.pop("name", None)
+    for flag in RUNNER_FLAGS:
+        value = getattr(args, flag, None)
+        if value not in (None, False, []):
+            options[flag] = value
+    return runner_from_options(name, options, keep_failed=args.keep_failed)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
-    from kdbench.run import Session
+    from kdbench.runners.jobs import JobOptions
     from kdbench.store import Store
     from kdbench.train import Env
 
@@ -195,23 +231,24 @@ def cmd_run(args: argparse.Namespace) -> int:
     specs = grid.expand()
     store = Store(args.out)
     if args.dry_run:
-        return _print_status(specs, store)
-    env = Env(device=args.device, data_root=args.data_root,
-              download=args.download, progress=False if args.no_progress else None)
-    env.torch_device  # fail fast on --device tpu, or cuda without CUDA
+        _print_status(specs, store)
+        return 0
+    runner = make_runner(args, grid)
+    env = Env(device=args.device, data_root=args.data_root)
+    if runner.name == "slurm":
+        env.check_device_name()  # the GPUs are on the compute nodes, not here
+    else:
+        env.torch_device  # fail fast on --device tpu, or cuda without CUDA
     store.check_writable()  # --out a file or read-only: an error before the dataset loads
-    runner_opts = dict(grid.runner)
-    runner_name = args.runner or runner_opts.pop("name", "inline")
-    runner_opts.pop("name", None)
-    runner = RUNNERS.get(runner_name)(keep_failed=args.keep_failed, **runner_opts)
-    session = Session(store=store, env=env, imports=tuple(grid.imports))
-    session.dataset(grid.dataset)  # a missing or malformed dataset is an error before anything runs
+    options = JobOptions(out=str(store.root), device=args.device, data_root=args.data_root, download=args.download,
+                         progress=False if args.no_progress else None, imports=tuple(grid.imports),
+                         keep_failed=args.keep_failed, log_level=logging.getLogger("kdbench").level)
     n_teachers = len({s.teacher for s in specs if s.teacher})
     log.info("grid: %s, %d pair(s), %d method(s), %d seed(s) -> %d runs (+ %d teacher(s)) into %s",
              grid.dataset, len(grid.pairs), len(grid.method_names()), len(grid.seeds), len(specs), n_teachers,
              store.root)
     try:
-        rows = runner.submit(specs, session)
+        rows = runner.submit(specs, options)
     except KeyboardInterrupt:
         log.warning("interrupted: finished runs are kept; re-run the same command to resume")
         _print_leaderboard(store, grid, specs, args.metric)
@@ -254,46 +291,11 @@ def _print_leaderboard(store: Any, grid: Grid, specs: list, metric: str) -> None
 
 
 def _print_status(specs: list, store: Any) -> int:
-    from tabulate import tabulate
+    """The status table; exit code 1 when a run failed."""
+    from kdbench.status import print_status
 
-    from kdbench.run import resolve, run_dir_of
-
-    lines, counts, warnings = [], {}, []
-    for spec in specs:
-        resolved = resolve(spec)
-        state, detail, warning = _run_state(run_dir_of(store, resolved))
-        counts[state] = counts.get(state, 0) + 1
-        shown = "invalid (will be redone)" if state == "invalid" else state
-        lines.append([spec.method, spec.pair, spec.seed, shown, resolved.key, detail])
-        warnings.extend(filter(None, [warning]))
-    sys.stdout.write(tabulate(lines, headers=["method", "pair", "seed", "state", "key", "top1 / reason"],
-                              disable_numparse=True) + "\n")  # keys and "10.00" stay as written
-    sys.stdout.write(", ".join(f"{v} {k}" for k, v in sorted(counts.items())) + f" of {len(specs)} runs\n")
-    if counts.get("failed"):
-        sys.stdout.write("failed runs: re-run the same command to retry (full errors in each run folder's "
-                         "result.json)\n")
-    for warning in warnings:
-        log.warning("%s", warning)
-    return 0
-
-
-def _run_state(run_dir: Path) -> tuple[str, str, str | None]:
-    """(state, one-line detail, warning naming a file or None) of one run folder."""
-    from kdbench.reports.leaderboard import one_line
-    from kdbench.store import RESULT, Store, metrics_problem, read_result
-
-    state = Store.state(run_dir)
-    row, problem = read_result(run_dir / RESULT)
-    if problem:
-        return state, one_line(f"result.json {problem}", 80), f"{run_dir / RESULT} {problem}: the run will be redone"
-    if row is None:
-        return state, "", None
-    if state == "failed":
-        return state, one_line(row["error"], 80), None
-    if state == "skipped":
-        return state, one_line(row["reason"], 80), None
-    warning = metrics_problem(run_dir, row)
-    return state, f"{row['top1_last']:.2f}" + (" (metrics.jsonl cut short)" if warning else ""), warning
+    counts = print_status(specs, store, sys.stdout.write)
+    return 1 if counts.get("failed") else 0
 
 
 def cmd_status(args: argparse.Namespace) -> int:

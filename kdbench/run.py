@@ -124,15 +124,25 @@ class Session:
     store: Store
     env: Env = field(default_factory=Env)
     imports: tuple[str, ...] = ()
+    row_extra: dict[str, Any] = field(default_factory=dict)  # added to every result row (e.g. the job's)
+    #: A job of a runner that ran the teachers first: a failed teacher is final here
+    #: (its students fail with its error instead of each training it again).
+    teacher_failures_final: bool = False
     _datasets: dict[str, ImageData] = field(default_factory=dict)
     _teachers: Any = None
+    _tried_teachers: set[RunSpec] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         import_user_modules(list(self.imports))
-        self._teachers = TeacherCache(self.env, self.dataset, self._train_teacher)
+        self._teachers = TeacherCache(self.env, self.dataset, self.train_teacher)
 
-    def _train_teacher(self, tspec: RunSpec) -> dict[str, Any]:
-        return execute(tspec, self, label=run_label(tspec, teacher=True))
+    def train_teacher(self, tspec: RunSpec, keep_failed: bool = False) -> dict[str, Any]:
+        """Train (or read back) a teacher's run; a teacher that failed once in this session
+        is not tried again for each of its students (its failed row is returned)."""
+        row = execute(tspec, self, keep_failed=keep_failed or self.teacher_failures_final or tspec in self._tried_teachers,
+                      label=run_label(tspec, teacher=True))
+        self._tried_teachers.add(tspec)
+        return row
 
     def dataset(self, name: str) -> ImageData:
         if name not in self._datasets:
@@ -169,13 +179,14 @@ def execute(spec: RunSpec, session: Session, keep_failed: bool = False, label: s
         lock.acquire()
     except LockHeld as exc:
         log.warning("%s", exc)
-        return {**identity_row(resolved, session.env), "status": "running", "error": str(exc), "run_dir": str(run_dir)}
+        return {**identity_row(resolved, session.env), "status": "running", "error": str(exc), "run_dir": str(run_dir),
+                "lock_owner": exc.owner}
     try:
         existing = _final_row(run_dir, keep_failed)
         if existing is not None:
             return existing
         atomic_write_json(run_dir / SPEC, {"key": resolved.key, "spec": spec.to_json(), "identity": resolved.identity()})
-        row = identity_row(resolved, session.env)
+        row = {**identity_row(resolved, session.env), **session.row_extra}
         try:
             row.update(_train(spec, resolved, run_dir, session, lock, label or run_label(spec)))
             row["status"] = "done"

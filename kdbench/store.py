@@ -24,7 +24,9 @@ import json
 import logging
 import os
 import re
+import shutil
 import socket
+import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -100,15 +102,42 @@ def read_json(path: Path) -> Any | None:
 
 
 class LockHeld(RuntimeError):
-    """Another live process is working on this run."""
+    """Another live process is working on this run (``owner``: what its lock file says)."""
+
+    def __init__(self, message: str, owner: dict[str, Any] | None = None):
+        super().__init__(message)
+        self.owner = owner
+
+
+def current_slurm_job() -> str | None:
+    """The Slurm job this process belongs to (``123``, or ``123_4`` for an array task)."""
+    array, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
+    return f"{array}_{task}" if array and task else os.environ.get("SLURM_JOB_ID")
+
+
+def slurm_job_alive(job_id: str) -> bool | None:
+    """Whether Slurm still has ``job_id`` pending or running (``None``: no Slurm here, or
+    it did not answer)."""
+    if not shutil.which("squeue"):
+        return None
+    try:
+        out = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if out.returncode != 0:
+        # squeue fails with "Invalid job id specified" for jobs it has forgotten
+        return False if "Invalid job id" in out.stderr else None
+    return bool(out.stdout.strip())
 
 
 class RunLock:
-    """An exclusive lock file (``O_CREAT|O_EXCL``) holding host, pid and start time.
+    """An exclusive lock file (``O_CREAT|O_EXCL``) holding host, pid, start time and the
+    Slurm job id (if any) of its owner.
 
-    A lock left by a dead process is taken over: on the same host when its pid no longer
-    exists, on any host when it has not been refreshed (:meth:`touch`, once per epoch) for
-    ``stale_after`` seconds.
+    A lock left by a dead owner is taken over: by a later incarnation of the same Slurm job
+    (a requeued job keeps its id, and may land on another node); on the same host when the
+    owner's pid no longer exists; when the owner's Slurm job has ended; on any host when it
+    has not been refreshed (:meth:`touch`, once per epoch) for ``stale_after`` seconds.
     """
 
     def __init__(self, run_dir: Path, stale_after: float = 6 * 3600):
@@ -125,7 +154,11 @@ class RunLock:
             age = time.time() - self.path.stat().st_mtime
         except FileNotFoundError:
             return True
-        if owner and owner.get("host") == socket.gethostname():
+        owner = owner if isinstance(owner, dict) else {}
+        job = owner.get("slurm_job")
+        if job and job == current_slurm_job() and not _same_process(owner):
+            return True  # this job's earlier incarnation (preempted or timed out, then requeued)
+        if owner.get("host") == socket.gethostname():
             pid = int(owner.get("pid", -1))
             if pid == os.getpid():
                 return False
@@ -136,11 +169,14 @@ class RunLock:
             except PermissionError:
                 return False
             return False
+        if job and slurm_job_alive(str(job)) is False:
+            return True
         return age > self.stale_after
 
     def acquire(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        payload = json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "since": time.time()}).encode()
+        payload = json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "since": time.time(),
+                              "slurm_job": current_slurm_job()}).encode()
         for _ in range(2):
             try:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
@@ -150,7 +186,8 @@ class RunLock:
                     with contextlib.suppress(FileNotFoundError):
                         os.unlink(self.path)
                     continue
-                raise LockHeld(f"{self.path.parent} is being worked on by {self._owner()}")
+                owner = self._owner()
+                raise LockHeld(f"{self.path.parent} is being worked on by {owner}", owner)
             with os.fdopen(fd, "wb") as f:
                 f.write(payload)
             self.held = True
@@ -174,6 +211,10 @@ class RunLock:
 
     def __exit__(self, *exc: Any) -> None:
         self.release()
+
+
+def _same_process(owner: dict[str, Any]) -> bool:
+    return owner.get("host") == socket.gethostname() and owner.get("pid") == os.getpid()
 
 
 #: Fields every result row holds (its identity), and the fields each status adds. A

@@ -49,6 +49,12 @@ class NonFiniteLoss(RuntimeError):
     """A loss term became NaN or infinite."""
 
 
+def _devices_here() -> str:
+    n_cuda = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    return "cpu" + (f", cuda, cuda:0…cuda:{n_cuda - 1}" if n_cuda else "") + \
+        (", mps" if torch.backends.mps.is_available() else "")
+
+
 @dataclass
 class Env:
     """How runs execute here; nothing in it changes a run's key.
@@ -64,21 +70,25 @@ class Env:
     eval_batch_size: int = 512
     check_every: int = 10
 
+    def check_device_name(self) -> tuple[str, str, str]:
+        """``device`` split as (kind, colon, index); a malformed or unknown device name is a
+        ValueError (whether it exists here is :attr:`torch_device`'s business)."""
+        kind, colon, index = str(self.device).strip().lower().partition(":")
+        if kind not in ("cpu", "cuda", "mps") or (colon and not (kind == "cuda" and index.isdigit())):
+            raise ValueError(f"--device {self.device!r} is not a device: write cpu, cuda, cuda:N or mps "
+                             f"(available here: {_devices_here()})")
+        return kind, colon, index
+
     @property
     def torch_device(self) -> torch.device:
         """``device`` as a torch device; a malformed, unknown or unavailable device is a
         ValueError listing the devices valid on this machine."""
-        kind, colon, index = str(self.device).strip().lower().partition(":")
+        kind, colon, index = self.check_device_name()
         n_cuda = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        has_mps = torch.backends.mps.is_available()
-        here = "cpu" + (f", cuda, cuda:0…cuda:{n_cuda - 1}" if n_cuda else "") + (", mps" if has_mps else "")
-        if kind not in ("cpu", "cuda", "mps") or (colon and not (kind == "cuda" and index.isdigit())):
-            raise ValueError(f"--device {self.device!r} is not a device: write cpu, cuda, cuda:N or mps "
-                             f"(available here: {here})")
-        if (kind == "cuda" and (n_cuda == 0 or (colon and int(index) >= n_cuda))) or (kind == "mps" and not has_mps):
-            raise ValueError(f"--device {self.device} is not available here (available: {here})")
+        if (kind == "cuda" and (n_cuda == 0 or (colon and int(index) >= n_cuda))) or \
+                (kind == "mps" and not torch.backends.mps.is_available()):
+            raise ValueError(f"--device {self.device} is not available here (available: {_devices_here()})")
         return torch.device(f"{kind}{colon}{index}")
-
 
 
 def seed_everything(seed: int) -> None:

@@ -1,0 +1,154 @@
+"""``local``: runs as parallel subprocesses of this machine through submitit's LocalExecutor.
+
+submitit's LocalExecutor starts every job it is given at once and has no queue, so kdbench
+keeps the queue: at most ``max_parallel`` jobs run at a time (:func:`run_throttled`), each
+with a timeout (the executor's own default is 2 minutes, far too short for training; ours
+is ``timeout_min``, 24 hours unless set). Teachers run first, as one wave, then the student
+runs. With ``--device cuda``, each job gets one GPU of its own through
+``CUDA_VISIBLE_DEVICES`` (``max_parallel`` defaults to the number of GPUs); on CPU each
+job gets ``cpu_count // max_parallel`` torch threads unless ``cpus_per_job`` says otherwise.
+
+Each job builds its own session (:class:`kdbench.runners.jobs.RunJob`); rows are read back
+from ``result.json``. A job's logs are in ``<out>/jobs/local/``, and its id (the pid of
+its controller process) in the run folder's ``job.json``. Ctrl-C cancels the running
+jobs (they stop at once; a re-run resumes them from their last epoch checkpoint).
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterable, Protocol, Sequence
+
+import submitit
+
+from kdbench.registry import register_runner
+from kdbench.run import run_label
+from kdbench.runners.base import Planned, check_datasets, outcome, plan, rows_of
+from kdbench.runners.jobs import JobOptions, RunJob, log_tail, write_job_record
+from kdbench.spec import RunSpec
+from kdbench.store import Store
+
+log = logging.getLogger(__name__)
+
+
+class _JobLike(Protocol):
+    def done(self) -> bool: ...
+
+
+class Throttle:
+    """Start jobs, never more than ``max_parallel`` at a time."""
+
+    def __init__(self, max_parallel: int, poll_s: float = 0.2):
+        if max_parallel < 1:
+            raise ValueError(f"max_parallel must be at least 1, not {max_parallel}")
+        self.max_parallel = max_parallel
+        self.poll_s = poll_s
+        self.running: dict[int, tuple[Any, _JobLike]] = {}
+
+    def run(self, items: Iterable[Any], start: Callable[[Any, int], _JobLike],
+            finished: Callable[[Any, _JobLike], None] = lambda item, job: None) -> None:
+        """``start(item, slot)`` for every item; ``slot`` (0 … max_parallel-1) is the
+        job's own while it runs (its GPU, say). ``finished(item, job)`` once it is done.
+        Ctrl-C propagates: the caller cancels :attr:`running`."""
+        queue = list(items)
+        while queue or self.running:
+            for slot in range(self.max_parallel):
+                if queue and slot not in self.running:
+                    item = queue.pop(0)
+                    self.running[slot] = (item, start(item, slot))
+            time.sleep(self.poll_s)
+            for slot, (item, job) in list(self.running.items()):
+                if job.done():
+                    del self.running[slot]
+                    finished(item, job)
+
+
+@register_runner("local")
+class LocalRunner:
+    """Parallel subprocesses on this machine (submitit LocalExecutor, throttled here)."""
+
+    name = "local"
+
+    def __init__(self, keep_failed: bool = False, max_parallel: int | None = None, timeout_min: float = 24 * 60,
+                 gpus: Sequence[int] | None = None, cpus_per_job: int | None = None, poll_s: float = 0.5):
+        self.keep_failed = keep_failed
+        self.max_parallel = max_parallel
+        self.timeout_min = float(timeout_min)
+        self.gpus = None if gpus is None else [int(g) for g in gpus]
+        self.cpus_per_job = cpus_per_job
+        self.poll_s = poll_s
+        if self.timeout_min <= 0:
+            raise ValueError(f"local runner: timeout_min must be positive, not {timeout_min}")
+        if max_parallel is not None and int(max_parallel) < 1:
+            raise ValueError(f"local runner: --max-parallel must be at least 1, not {max_parallel}")
+
+    def _gpu_ids(self, device: str) -> list[int]:
+        if not str(device).startswith("cuda"):
+            return []
+        if self.gpus is not None:
+            return self.gpus
+        import torch
+
+        return list(range(torch.cuda.device_count()))
+
+    def submit(self, specs: list[RunSpec], options: JobOptions) -> list[dict[str, Any]]:
+        store = Store(options.out)
+        check_datasets(specs, options.session())  # here, before any job is started
+        planned = plan(specs, store)
+        todo = [p for p in planned if p.needs_work(self.keep_failed)]
+        gpus = self._gpu_ids(options.device)
+        parallel = int(self.max_parallel or len(gpus) or os.cpu_count() or 1)
+        if gpus and parallel > len(gpus):
+            log.warning("local runner: %d parallel jobs but %d GPU(s): running %d at a time", parallel, len(gpus),
+                        len(gpus))
+            parallel = len(gpus)
+        threads = self.cpus_per_job or max(1, (os.cpu_count() or 1) // parallel)
+        job_options = dataclasses.replace(options, threads=threads, device="cuda" if gpus else options.device,
+                                          submitted={"runner": self.name, "git_sha": _git_sha()})
+        executor = submitit.LocalExecutor(folder=store.root / "jobs" / "local")
+        log.info("local runner: %d of %d runs to do, %d at a time (%s)", len(todo), len(planned), parallel,
+                 f"one GPU each of {gpus}" if gpus else f"{threads} CPU thread(s) each")
+
+        def start(item: Planned, slot: int) -> Any:
+            params: dict[str, Any] = {"timeout_min": self.timeout_min, "name": f"kdbench-{item.spec.method}"}
+            if gpus:
+                params.update(gpus_per_node=1, visible_gpus=(gpus[slot],))
+            executor.update_parameters(**params)
+            job = executor.submit(RunJob(item.spec, job_options, teacher=item.teacher))
+            write_job_record(item.run_dir, self.name, str(job.job_id), _paths(job), git_sha=_git_sha(),
+                             gpu=gpus[slot] if gpus else None)
+            log.info("started %s (pid %s)", run_label(item.spec, teacher=item.teacher), job.job_id)
+            return job
+
+        def finished(item: Planned, job: Any) -> None:
+            row = rows_of([dataclasses.replace(item, state="")], options)[0]
+            if row.get("status") in ("done", "skipped", "failed"):
+                log.info("%s: %s", run_label(item.spec, teacher=item.teacher), outcome(row))
+            else:
+                log.warning("%s: the job ended without a result (%s); its log:\n%s",
+                            run_label(item.spec, teacher=item.teacher), job.state, log_tail(job.paths.stderr))
+
+        teachers = [p for p in todo if p.teacher]
+        students = [p for p in todo if not p.teacher]
+        throttle = Throttle(parallel, self.poll_s)
+        try:
+            for wave in (teachers, students):
+                throttle.run(wave, start, finished)
+        except KeyboardInterrupt:
+            for _, job in throttle.running.values():
+                job.cancel()
+            raise
+        return rows_of(planned, options)
+
+
+def _paths(job: Any) -> dict[str, str]:
+    return {"stdout": str(job.paths.stdout), "stderr": str(job.paths.stderr)}
+
+
+def _git_sha() -> str | None:
+    from kdbench.run import git_sha
+
+    return git_sha()
