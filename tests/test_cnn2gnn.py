@@ -229,3 +229,66 @@ def test_the_gnn_trains_at_a_tenth_of_the_recipe_lr():
     setup, _ = setup_with()
     assert setup.method.main_lr(0.05) == pytest.approx(0.005)
     assert METHODS.get("kd")(METHODS.get("kd").Config(), None, setup.s_info, None).main_lr(0.05) == 0.05
+
+
+class _Killed(Exception):
+    """Stands in for SIGKILL right after an epoch's checkpoint was written."""
+
+
+def _train_cnn2gnn(run_dir, overrides, kill_after_epoch=None, monkeypatch=None):
+    """Build a cnn2gnn run from scratch (as the engine does in a new process) and train it
+    for 3 epochs in ``run_dir``; optionally die right after epoch ``kill_after_epoch``'s
+    checkpoint. Returns (history, student state_dict, test logits of the last model)."""
+    from kdbench.build import build_run
+    from kdbench.spec import Recipe, RunSpec
+    from kdbench.train import Env, Trainer
+
+    data = random_image_data(n_train=40, n_test=12, num_classes=4, size=8)
+    spec = RunSpec(dataset="random", student="resnet8", method="cnn2gnn", seed=3, teacher="resnet8",
+                   recipe=Recipe(epochs=3, batch_size=8, lr_milestones=(0.5,)),
+                   overrides=tuple(sorted(overrides.items())))
+    torch.manual_seed(0)  # the same untrained teacher in every build (the engine loads it from its cache)
+    built = build_run(spec, data)
+    env = Env(device="cpu", progress=False)
+    eval_data = EvalData(data.test_images, data.test_labels, data.mean, data.std, torch.device("cpu"),
+                         built.method.eval_batch_size())
+    trainer = Trainer(student=built.student, teacher=built.teacher, method=built.method, train_data=built.train_data,
+                      eval_data=eval_data, recipe=spec.recipe, lr=0.05, seed=spec.seed, env=env, run_dir=run_dir)
+    if kill_after_epoch is not None:
+        real = Trainer._log_epoch
+
+        def log_then_die(self, record, *args):
+            real(self, record, *args)
+            if record["epoch"] == kill_after_epoch:
+                raise _Killed
+
+        monkeypatch.setattr(Trainer, "_log_epoch", log_then_die)
+        with pytest.raises(_Killed):
+            trainer.fit()
+        monkeypatch.undo()
+        return None
+    result = trainer.fit()
+    built.student.eval()
+    logits = torch.cat([built.method.predict(built.student, built.teacher, b) for b in eval_data])
+    return result, {k: v.clone() for k, v in built.student.state_dict().items()}, logits
+
+
+@pytest.mark.parametrize("overrides", [
+    {"inference": "batch", "dropout": 0.3},
+    {"inference": "one_by_one", "dropout": 0.3, "support_size": 5},
+    {"inference": "batch", "m2_candidates": "train_batch", "head_aux_weight": 0.1},
+], ids=["mechanism2", "mechanism1", "m2-train-batch"])
+def test_a_run_killed_mid_training_resumes_bit_identical(tmp_path, monkeypatch, overrides):
+    """Everything the GNN method depends on (graph head and GCN weights, the optimizer,
+    dropout's RNG, Mechanism 1's support batch, the stored training set) is in the epoch
+    checkpoint or rebuilt identically at build time."""
+    full, w_full, logits_full = _train_cnn2gnn(tmp_path / "full", overrides)
+    assert full.resumed_from is None
+    _train_cnn2gnn(tmp_path / "killed", overrides, kill_after_epoch=1, monkeypatch=monkeypatch)
+    resumed, w_resumed, logits_resumed = _train_cnn2gnn(tmp_path / "killed", overrides)
+    assert resumed.resumed_from == (0, 1)
+    strip = lambda h: [{k: v for k, v in r.items() if k not in ("wall_time", "eval_time_s")} for r in h]
+    assert strip(resumed.history) == strip(full.history)
+    assert w_full.keys() == w_resumed.keys() and any(k.startswith("head.") for k in w_full)
+    assert all(torch.equal(w_full[k], w_resumed[k]) for k in w_full)
+    assert torch.equal(logits_full, logits_resumed)
