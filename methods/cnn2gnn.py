@@ -242,7 +242,9 @@ class GNN(Method):
         build the graph on that approximated batch, run the GCN on the test features."""
         cand = self.candidates()
         d = student.head(x) if cand is None else student.head.distances_to(x, cand)
-        p = sparse_conditional(d, student.k)
+        # float32 p: in bf16/fp16 (autocast) the two largest p(j|t) can round to the same
+        # value and argmax would then take the lower index, not the nearest candidate.
+        p = sparse_conditional(d.float(), student.k)
         nearest = p.argmax(dim=1)  # the highest p(j|t); Eq. 3 makes it the smallest distance
         surrogate = nearest if cand is None else cand[nearest]
         d_s = student.head.distances_to(self.train_features(surrogate, teacher), surrogate)

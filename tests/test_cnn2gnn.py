@@ -292,3 +292,31 @@ def test_a_run_killed_mid_training_resumes_bit_identical(tmp_path, monkeypatch, 
     assert w_full.keys() == w_resumed.keys() and any(k.startswith("head.") for k in w_full)
     assert all(torch.equal(w_full[k], w_resumed[k]) for k in w_full)
     assert torch.equal(logits_full, logits_resumed)
+
+
+def test_mechanism_2_picks_the_nearest_training_sample_under_bf16_autocast():
+    """With --amp the head's distances are bf16; the most probable p(j|t) must still be
+    the smallest distance, not whichever of two probabilities that round to the same bf16
+    value comes first. Distances are set by hand: every test sample is at 0 from training
+    sample 7, 0.001 from 5 and 1 from all others, so (k = 10) p(7|t) = 1/1.999 and
+    p(5|t) = 0.999/1.999, both 0.5 in bf16."""
+    setup, data = setup_with(inference="batch")
+    m, student = setup.method, setup.student
+    bias = torch.ones(48)
+    bias[7], bias[5] = 0.0, 1e-3
+    with torch.no_grad():
+        student.head.out.weight.zero_()
+        student.head.out.bias.copy_(bias)
+    [batch] = eval_batches(data, 20)
+    calls = []
+    real = m.train_features
+
+    def spy(index, teacher):
+        calls.append(index.clone())
+        return real(index, teacher)
+
+    m.train_features = spy
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = m.predict(student, setup.teacher, batch)
+    assert torch.isfinite(logits.float()).all()
+    assert calls[0].tolist() == [7] * 20
