@@ -183,8 +183,8 @@ def test_invalid_results_cut_metrics_and_failed_runs(capsys, damaged):
     row.update(status="failed", error="RuntimeError: first line\n" + "missing key, " * 2000)
     failed.write_text(json.dumps(row))
 
-    code, out, err = run_main(capsys, "status", *GRID, "--seeds", "2", "--out", str(damaged))
-    assert code == 0 and "invalid (will be redone)" in out and "2 done, 1 failed, 1 invalid of 4 runs" in out
+    code, out, err = run_main(capsys, "status", *GRID, "--seeds", "2", "--out", str(damaged))  # a failed run: exit 1
+    assert code == 1 and "invalid (will be redone)" in out and "2 done, 1 failed, 1 invalid of 4 runs" in out
     assert "re-run the same command to retry" in out and "missing key" not in out
     assert str(invalid) in err and str(cut) in err and "(metrics.jsonl cut short)" in out
 
