@@ -47,9 +47,9 @@ Inductive inference (:meth:`GNN.predict`; every evaluation goes through it):
   in training and — needing no head — directly on each test batch at inference.
 
 What inference consults is counted: the student's parameters (GCN + head, plus the
-teacher's with teacher-embedding input) and the stored training set
-(``inference_stored_values`` = n × d numbers: the head's distances refer to it, and both
-mechanisms run the head on stored samples).
+teacher's with teacher-embedding input) and the stored training samples it runs the head
+on (``inference_stored_values``: n × d numbers for Mechanism 2 over the training set; the
+support batch's ``support_size`` × d for Mechanism 1 and ``m2_candidates="train_batch"``).
 
 Deviations and choices: an optional auxiliary regression of the head's outputs to the
 true squared distances between inputs (``head_aux_weight``, default 0: the paper trains
@@ -279,11 +279,14 @@ class GNN(Method):
         return torch.stack(logits)
 
     def inference_cost(self, student: nn.Module, teacher: nn.Module | None) -> dict[str, int]:
-        """Student (+ teacher for embedding input) parameters, and the stored training set
-        the head's distances refer to (n × d values; none for InGNN/EucGNN)."""
+        """Student (+ teacher for embedding input) parameters, and the stored training
+        samples inference reads (× d values): all n for Mechanism 2 over the training set,
+        only the support batch for Mechanism 1 and ``m2_candidates="train_batch"``; none for
+        InGNN/EucGNN."""
         cost = super().inference_cost(student, teacher)
         if self.cfg.graph == "head" and self.train_data is not None:
-            n = len(self.train_data)
+            reads_support_only = self.cfg.inference == "one_by_one" or self.cfg.m2_candidates == "train_batch"
+            n = len(self.support()) if reads_support_only else len(self.train_data)
             d = student.gcn.layer1.in_features if hasattr(student, "gcn") else 0
             cost["inference_stored_values"] = n * d
         return cost

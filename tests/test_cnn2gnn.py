@@ -320,3 +320,21 @@ def test_mechanism_2_picks_the_nearest_training_sample_under_bf16_autocast():
         logits = m.predict(student, setup.teacher, batch)
     assert torch.isfinite(logits.float()).all()
     assert calls[0].tolist() == [7] * 20
+
+
+@pytest.mark.parametrize("overrides", [{"inference": "one_by_one", "support_size": 7},
+                                       {"inference": "batch", "m2_candidates": "train_batch", "support_size": 7}])
+def test_inference_stores_only_the_support_batch_when_only_it_is_consulted(overrides):
+    """Mechanism 1 and Mechanism 2 with train_batch candidates read the fixed support batch
+    only (7 samples x 3072 pixels), not the n = 48 training samples."""
+    setup, data = setup_with(**overrides)
+    m = setup.method
+    read = []
+    real = m.train_features
+    m.train_features = lambda index, teacher: (read.append(index.clone()), real(index, teacher))[1]
+    for b in eval_batches(data, 8):
+        m.predict(setup.student, setup.teacher, b)
+    consulted = set(torch.cat(read).tolist())
+    assert consulted <= set(m.support().tolist()) and len(m.support()) == 7
+    cost = m.inference_cost(setup.student, setup.teacher)
+    assert cost["inference_stored_values"] == 7 * 3072
