@@ -338,3 +338,33 @@ def test_inference_stores_only_the_support_batch_when_only_it_is_consulted(overr
     assert consulted <= set(m.support().tolist()) and len(m.support()) == 7
     cost = m.inference_cost(setup.student, setup.teacher)
     assert cost["inference_stored_values"] == 7 * 3072
+
+
+def test_mechanism_2_logits_by_hand():
+    """REFERENCE §2, Mechanism 2, recomputed with plain loops: each test sample's training
+    surrogate = argmin of its head distances to all n training samples; the graph = Eq. 3
+    (self excluded) on the head distances among the surrogates, (P + Pᵀ)/2 + I,
+    D^-1/2 Â D^-1/2; the GCN runs on the TEST features with that graph."""
+    from test_gnn import naive_eq3
+
+    setup, data = setup_with(inference="batch", k=3)
+    m, student = setup.method, setup.student
+    [batch] = eval_batches(data, 20)
+    logits = m.predict(student, setup.teacher, batch)
+    with torch.no_grad():
+        x = batch.x.flatten(1).double()
+        head = student.head.double()
+        d_test = head(x).tolist()
+        sur = [min(range(48), key=lambda j: (row[j], j)) for row in d_test]
+        train_x = ((data.train_images[sur].double() / 255.0 - 0.5) / 0.25).flatten(1)
+        d_s = head(train_x)[:, sur].tolist()
+        p = naive_eq3(d_s, 3, exclude_self=True, tie_rule=True)  # duplicate surrogates tie
+        b = len(sur)
+        a = [[0.5 * (p[i][j] + p[j][i]) + (i == j) for j in range(b)] for i in range(b)]
+        deg = [sum(r) for r in a]
+        adj = torch.tensor([[a[i][j] / math.sqrt(deg[i] * deg[j]) for j in range(b)] for i in range(b)],
+                           dtype=torch.float64)
+        gcn = student.gcn.double()
+        h = torch.relu(adj @ (x @ gcn.layer1.weight.T) + gcn.layer1.bias)
+        want = adj @ (h @ gcn.layer2.weight.T) + gcn.layer2.bias
+    assert torch.allclose(logits.double(), want, atol=1e-3), (logits, want)
