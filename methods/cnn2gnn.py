@@ -36,7 +36,9 @@ Inductive inference (:meth:`GNN.predict`; every evaluation goes through it):
   as the paper's sentence reads) give p(j|t) by Eq. 3; each test sample is replaced by
   its most probable candidate, the graph is built on that approximated batch from head
   distances, and the GCN runs on the *test* features with it. Predictions depend on
-  which samples share a batch, not on their order.
+  which samples share a batch, not on their order (the graph is built in a canonical
+  order: test samples sharing a surrogate tie in Eq. 3, and the tie rule would otherwise
+  choose among them by batch position).
 * Mechanism 1, one by one (``inference="one_by_one"``): each test sample is appended to a
   fixed random training batch (``support_size`` samples, default the recipe's batch size
   − 1, drawn once with ``support_seed``); the graph is built from head distances (test →
@@ -247,8 +249,18 @@ class GNN(Method):
         p = sparse_conditional(d.float(), student.k)
         nearest = p.argmax(dim=1)  # the highest p(j|t); Eq. 3 makes it the smallest distance
         surrogate = nearest if cand is None else cand[nearest]
+        # Test samples sharing a surrogate have equal head distances in the approximated
+        # batch, and Eq. 3's tie rule (lower column first) would pick among them by their
+        # position in the test batch. Build the graph in a canonical order instead — by
+        # surrogate, then by the test sample's distance to it (the best approximated
+        # first) — and return the logits in the caller's order.
+        closeness = d.float().gather(1, nearest[:, None]).squeeze(1)
+        order = torch.sort(closeness, stable=True).indices
+        order = order[torch.sort(surrogate[order], stable=True).indices]
+        surrogate = surrogate[order]
         d_s = student.head.distances_to(self.train_features(surrogate, teacher), surrogate)
-        return student(x, adj=student.adjacency_from_distances(d_s, exclude_self=True))
+        logits = student(x[order], adj=student.adjacency_from_distances(d_s, exclude_self=True))
+        return torch.empty_like(logits).index_copy_(0, order, logits)
 
     def support(self) -> Tensor:
         """The fixed random training batch Mechanism 1 appends test samples to (and the
