@@ -121,7 +121,7 @@ class GNN(Method):
     """A two-layer GNN student over a learned sparse batch graph, without distillation."""
 
     name = "gnn"
-    version = 1
+    version = 2  # 2: Mechanism 2 independent of test-batch order; float32 nearest-sample choice
     Config = GNNConfig
 
     @classmethod
@@ -329,7 +329,7 @@ class CNN2GNN(GNN):
     """A CNN teacher distilled into the two-layer GNN student (response-based KD)."""
 
     name = "cnn2gnn"
-    version = 1
+    version = 2  # 2: Mechanism 2 independent of test-batch order; float32 nearest-sample choice
     Config = CNN2GNNConfig
 
     @classmethod

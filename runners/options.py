@@ -2,6 +2,7 @@
 block), with errors that name the option and list the valid ones."""
 from __future__ import annotations
 
+import difflib
 import inspect
 from typing import Any
 
@@ -25,7 +26,9 @@ def runner_from_options(name: str, options: dict[str, Any], keep_failed: bool = 
     if unknown:
         flags = ", ".join("--" + u.replace("_", "-") for u in unknown)
         others = [n for n in RUNNERS.list() if n != name and set(unknown) <= set(runner_options(RUNNERS.get(n)))]
-        hint = f" (an option of the {' and '.join(others)} runner: add --runner {others[0]})" if others else ""
+        close = difflib.get_close_matches(unknown[0], valid, n=1, cutoff=0.6)
+        hint = f" (an option of the {' and '.join(others)} runner: add --runner {others[0]})" if others else \
+            (f" (did you mean {close[0]}?)" if close else "")
         raise GridError(f"the {name} runner has no option {flags}{hint}; it takes: "
                         f"{', '.join(valid) or 'no options'}")
     try:

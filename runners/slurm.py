@@ -71,7 +71,8 @@ class SlurmRunner:
                  array_parallelism: int = 256, max_requeues: int = 3, sbatch: dict[str, Any] | Sequence[str] | None = None,
                  account: str | None = None, qos: str | None = None, constraint: str | None = None,
                  setup: Sequence[str] = (), hold: bool = False, wait: bool = False, wait_timeout_min: float | None = None,
-                 poll_s: float = 10.0, max_array: int | None = None, job_name: str = "kdbench"):
+                 poll_s: float = 10.0, max_array: int | None = None, job_name: str = "kdbench",
+                 signal_delay_s: int = 90):
         self.keep_failed = keep_failed
         self.partition = partition
         self.gpus_per_job = int(gpus_per_job or 0)
@@ -91,6 +92,7 @@ class SlurmRunner:
         self.poll_s = float(poll_s)
         self.max_array = max_array
         self.job_name = job_name
+        self.signal_delay_s = int(signal_delay_s)
         if self.timeout_min <= 0 or self.array_parallelism < 1 or self.max_requeues < 0 or self.gpus_per_job < 0:
             raise ValueError("slurm runner: timeout_min and array_parallelism must be positive, max_requeues and "
                              f"gpus_per_job at least 0 (got {timeout_min}, {array_parallelism}, {max_requeues}, "
@@ -101,8 +103,9 @@ class SlurmRunner:
     def executor(self, folder: Path) -> submitit.AutoExecutor:
         """The AutoExecutor with this runner's resources (parameters of every array)."""
         ex = submitit.AutoExecutor(folder=folder / "%j", cluster="slurm", slurm_max_num_timeout=self.max_requeues)
-        params: dict[str, Any] = {"timeout_min": self.timeout_min, "name": self.job_name, "nodes": 1,
-                                  "tasks_per_node": 1, "slurm_array_parallelism": self.array_parallelism}
+        params: dict[str, Any] = {"timeout_min": max(1, round(self.timeout_min)), "name": self.job_name, "nodes": 1,
+                                  "tasks_per_node": 1, "slurm_array_parallelism": self.array_parallelism,
+                                  "slurm_signal_delay_s": self.signal_delay_s}
         if self.partition:
             params["slurm_partition"] = self.partition
         if self.gpus_per_job:
@@ -166,13 +169,16 @@ class SlurmRunner:
                 for part in _chunks(members, chunk):
                     self._submit_array(part, folder, job_options, dependency=dependency, sha=sha)
                     calls += 1
-        log.info("slurm runner: submitted %d run(s) in %d sbatch call(s) in %.1f s%s; `kdbench status` shows them",
+        log.info("slurm runner: submitted %d run(s) in %d sbatch call(s) in %.2f s%s; `kdbench status` shows them",
                  len(todo), calls, time.perf_counter() - t0, " (held: release with `scontrol release <id>`)"
                  if self.hold else "")
 
     def _submit_array(self, part: list[Planned], folder: Path, options: JobOptions, dependency: str | None,
                       sha: str | None) -> list[Any]:
         ex = self.executor(folder)
+        role = "teachers" if part[0].teacher else "students"
+        # the name says what the array is and what it waits for (sacct shows names, not dependencies)
+        ex.update_parameters(name=f"{self.job_name}-{role}" + (f"-after-{dependency}" if dependency else ""))
         extra: dict[str, Any] = {"requeue": True, **self.sbatch}
         if dependency:
             extra.update(dependency=f"afterok:{dependency}", kill_on_invalid_dep="yes")
@@ -185,8 +191,7 @@ class SlurmRunner:
             write_job_record(p.run_dir, self.name, str(job.job_id),
                              {"stdout": str(job.paths.stdout), "stderr": str(job.paths.stderr)}, git_sha=sha,
                              dependency=dependency, teacher=p.teacher)
-        what = "teacher" if part and part[0].teacher else "student"
-        log.info("submitted %d %s run(s) as Slurm array %s%s", len(part), what, str(jobs[0].job_id).split("_")[0],
+        log.info("submitted %d %s run(s) as Slurm array %s%s", len(part), role[:-1], str(jobs[0].job_id).split("_")[0],
                  f" after {dependency}" if dependency else "")
         return jobs
 

@@ -17,6 +17,9 @@
 #                    with --gpus-per-node / --gres=gpu run and get CUDA_VISIBLE_DEVICES
 #   FRESH=1          forget everything: stops the daemons if needed, wipes slurmctld's state
 #                    (job ids restart at 1) and the accounting database
+#   CPUS=N           advertise N cores instead of what slurmd detects (SlurmdParameters=
+#                    config_overrides): more jobs than real cores can run at once, so that in
+#                    tests GPUs, not cores, limit how many run together
 #   PARTITION=name   the (default) partition (default: debug)
 #   CLUSTER=name     ClusterName (default: kdbench; Slurm lower-cases it)
 #   UP_TIMEOUT=secs  how long to wait for each daemon / the node (default 60)
@@ -219,6 +222,12 @@ slurm_conf() {
   cpus=$(field CPUs); sockets=$(field SocketsPerBoard); cores=$(field CoresPerSocket)
   threads=$(field ThreadsPerCore); mem=$(field RealMemory)
   [ -n "$cpus" ] && [ -n "$mem" ] || fail "cannot parse 'slurmd -C': $hw"
+  local overrides="# the node is configured as slurmd detects it"
+  if [ -n "${CPUS:-}" ]; then
+    # advertise CPUS cores (tests: make GPUs, not cores, the scarce resource); config_overrides
+    # keeps slurmd from draining a node that claims more than it has
+    cpus=$CPUS; sockets=1; cores=$CPUS; threads=1; overrides="SlurmdParameters=config_overrides"
+  fi
   # a node that advertises more memory than slurmd detects is drained: keep 5% headroom
   local realmem=$((mem * 95 / 100))
   local gres_types="" node_gres=""
@@ -273,6 +282,7 @@ AccountingStoragePort=6819
 JobAcctGatherType=jobacct_gather/linux
 JobAcctGatherFrequency=30
 ${gres_types:-# no GRES (FAKE_GPUS=0)}
+$overrides
 NodeName=$NODE NodeAddr=127.0.0.1 CPUs=$cpus Sockets=$sockets CoresPerSocket=$cores ThreadsPerCore=$threads RealMemory=$realmem$node_gres State=UNKNOWN
 PartitionName=$PARTITION Nodes=$NODE Default=YES MaxTime=INFINITE State=UP
 EOF

@@ -39,3 +39,13 @@ class ToyDecline(Method):
     @classmethod
     def check(cls, cfg, teacher_info, student_info):
         return f"toy_decline serves no pair (student has {student_info.num_stages} stages)"
+
+
+@register_method("toy_raise")
+class ToyRaise(KD):
+    """KD whose loss raises (tests that an exception becomes a failed row with its traceback)."""
+
+    name = "toy_raise"
+
+    def loss(self, s, t, batch, step):
+        raise RuntimeError("toy_raise: this method always raises")
