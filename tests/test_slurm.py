@@ -227,3 +227,50 @@ def test_the_paper_grid_is_a_handful_of_sbatch_calls_and_a_rerun_submits_nothing
     print(f"\n368 runs submitted held in {n_calls} sbatch calls, {seconds:.1f} s")
     m = re.search(r"submitted (\d+) run\(s\) in (\d+) sbatch call", err)
     assert m and int(m.group(1)) == 368 and int(m.group(2)) == n_calls
+
+
+@pytest.mark.slow
+def test_time_limits_requeue_from_the_checkpoint_up_to_the_configured_count(cluster, tmp_path):
+    """A 1-minute time limit with the USR2 warning 45 s before it: each incarnation runs ~15 s.
+    With max_requeues 8 the run is requeued until it finishes, identical to an uninterrupted
+    run; with max_requeues 0 it fails at its first time-out, as a failed row. (The second
+    submission depends on the teacher job queued by the first.)"""
+    args = ["--methods", "kd", "--epochs", "10", "--teacher-epochs", "1", "--no-progress"]
+    out = tmp_path / "slurm"
+    grid = slurm_grid(tmp_path, timeout_min=1, signal_delay_s=45, max_requeues=8)
+    assert main(["run", "--grid", str(grid), *args, "--seeds", "0", "--out", str(out)]) == 0
+    (tmp_path / "strict").mkdir()
+    strict = slurm_grid(tmp_path / "strict", timeout_min=1, signal_delay_s=45, max_requeues=0, wait=True,
+                        wait_timeout_min=15)
+    assert main(["run", "--grid", str(strict), *args, "--seeds", "0,1", "--out", str(out)]) == 1
+    rows = {(r["method"], r["seed"], r["student"]): r for r in Store(out).iter_results()}
+    done = rows[("kd", 0, "resnet8")]
+    assert done["status"] == "done" and done["resumed_from"] is not None, done
+    history = sacct([done["submitted"]["job_id"]], "JobID,State", duplicates=True)
+    assert len(history) >= 2, history  # requeued at least once
+    failed = rows[("kd", 1, "resnet8")]
+    assert failed["status"] == "failed" and "timed-out too many times" in failed["error"], failed
+    record = read_job_record(Path(failed["run_dir"]))
+    teacher_job = read_job_record(Path(rows[("vanilla", 0, "resnet20")]["run_dir"]))["job_id"]
+    assert record["dependency"] == teacher_job  # queued by the first submission
+    assert main(["run", *args, "--seeds", "0", "--out", str(tmp_path / "inline")]) == 0
+    inline = next(r for r in Store(tmp_path / "inline").iter_results() if r["method"] == "kd")
+    assert inline["top1_last"] == done["top1_last"] and same_weights(done, inline)
+
+
+@pytest.mark.slow
+def test_the_whole_digits_grid_on_slurm_gives_the_inline_leaderboard(cluster, tmp_path, capsys):
+    """Every registered method, 2 seeds (1-epoch schedule to bound the time): the Slurm
+    runner and the inline runner give the same keys, accuracies and leaderboard."""
+    args = ["--methods", "all", "--seeds", "2", "--epochs", "1", "--teacher-epochs", "1", "--no-progress"]
+    assert main(["run", "--grid", str(slurm_grid(tmp_path, wait=True, wait_timeout_min=25)), *args,
+                 "--out", str(tmp_path / "slurm")]) == 0
+    assert main(["run", *args, "--out", str(tmp_path / "inline")]) == 0
+    slurm, inline = rows_by_key(tmp_path / "slurm"), rows_by_key(tmp_path / "inline")
+    assert set(slurm) == set(inline) and len(slurm) >= 30
+    assert {k: r["top1_last"] for k, r in slurm.items()} == {k: r["top1_last"] for k, r in inline.items()}
+    capsys.readouterr()
+    main(["report", "--out", str(tmp_path / "slurm")])
+    from_slurm = capsys.readouterr().out
+    main(["report", "--out", str(tmp_path / "inline")])
+    assert from_slurm == capsys.readouterr().out
