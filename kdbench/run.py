@@ -139,8 +139,8 @@ class Session:
     def train_teacher(self, tspec: RunSpec, keep_failed: bool = False) -> dict[str, Any]:
         """Train (or read back) a teacher's run; a teacher that failed once in this session
         is not tried again for each of its students (its failed row is returned)."""
-        row = execute(tspec, self, keep_failed=keep_failed or self.teacher_failures_final or tspec in self._tried_teachers,
-                      label=run_label(tspec, teacher=True))
+        final = keep_failed or self.teacher_failures_final or tspec in self._tried_teachers
+        row = execute(tspec, self, keep_failed=final, label=run_label(tspec, teacher=True))
         self._tried_teachers.add(tspec)
         return row
 

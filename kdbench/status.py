@@ -51,7 +51,8 @@ def stored_state(run_dir: Path) -> tuple[str, str, str | None, dict[str, Any] | 
     state = Store.state(run_dir)
     row, problem = read_result(run_dir / RESULT)
     if problem:
-        return state, one_line(f"result.json {problem}", 80), f"{run_dir / RESULT} {problem}: the run will be redone", None
+        warning = f"{run_dir / RESULT} {problem}: the run will be redone"
+        return state, one_line(f"result.json {problem}", 80), warning, None
     if row is None:
         return state, "", None, None
     if state == "failed":

@@ -74,7 +74,8 @@ def slurm_states(job_ids: Iterable[str]) -> dict[str, str]:
         states[job.strip()] = _normal(state)
     missing = [j for j in wanted if j not in states]
     if missing and shutil.which("sacct"):
-        out = _run(["sacct", "-X", "-n", "-P", "-o", "JobID,State", "-j", ",".join(sorted({j.split('_')[0] for j in missing}))])
+        arrays = sorted({j.split("_")[0] for j in missing})
+        out = _run(["sacct", "-X", "-n", "-P", "-o", "JobID,State", "-j", ",".join(arrays)])
         for line in out.stdout.splitlines():
             job, _, state = line.partition("|")
             states.setdefault(job.strip(), _normal(state))

@@ -68,9 +68,10 @@ class SlurmRunner:
 
     def __init__(self, keep_failed: bool = False, partition: str | None = None, gpus_per_job: int = 0,
                  cpus_per_job: int | None = None, mem_gb: float | None = None, timeout_min: float = 24 * 60,
-                 array_parallelism: int = 256, max_requeues: int = 3, sbatch: dict[str, Any] | Sequence[str] | None = None,
-                 account: str | None = None, qos: str | None = None, constraint: str | None = None,
-                 setup: Sequence[str] = (), hold: bool = False, wait: bool = False, wait_timeout_min: float | None = None,
+                 array_parallelism: int = 256, max_requeues: int = 3,
+                 sbatch: dict[str, Any] | Sequence[str] | None = None, account: str | None = None,
+                 qos: str | None = None, constraint: str | None = None, setup: Sequence[str] = (),
+                 hold: bool = False, wait: bool = False, wait_timeout_min: float | None = None,
                  poll_s: float = 10.0, max_array: int | None = None, job_name: str = "kdbench",
                  signal_delay_s: int = 90):
         self.keep_failed = keep_failed

@@ -100,19 +100,25 @@ def test_mechanism_2_does_not_depend_on_the_order_within_a_batch():
     assert not torch.allclose(a, halves, atol=1e-5)
 
 
-def test_mechanism_2_uses_the_nearest_training_sample_by_the_head():
-    setup, data = setup_with(inference="batch")
-    m, student = setup.method, setup.student
-    [batch] = eval_batches(data, 20)
-    x = m.features(batch.x)
+def spy_on_train_features(method) -> list:
+    """Record the training-set indices ``method.train_features`` is asked for."""
     calls = []
-    real = m.train_features
+    real = method.train_features
 
     def spy(index, teacher):
         calls.append(index.clone())
         return real(index, teacher)
 
-    m.train_features = spy
+    method.train_features = spy
+    return calls
+
+
+def test_mechanism_2_uses_the_nearest_training_sample_by_the_head():
+    setup, data = setup_with(inference="batch")
+    m, student = setup.method, setup.student
+    [batch] = eval_batches(data, 20)
+    x = m.features(batch.x)
+    calls = spy_on_train_features(m)
     m.predict(student, setup.teacher, batch)
     with torch.no_grad():
         expected = student.head(x).argmin(dim=1)  # the most probable p(j|t) is the smallest distance
@@ -310,14 +316,7 @@ def test_mechanism_2_picks_the_nearest_training_sample_under_bf16_autocast():
         student.head.out.weight.zero_()
         student.head.out.bias.copy_(bias)
     [batch] = eval_batches(data, 20)
-    calls = []
-    real = m.train_features
-
-    def spy(index, teacher):
-        calls.append(index.clone())
-        return real(index, teacher)
-
-    m.train_features = spy
+    calls = spy_on_train_features(m)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         logits = m.predict(student, setup.teacher, batch)
     assert torch.isfinite(logits.float()).all()

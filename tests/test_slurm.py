@@ -231,16 +231,16 @@ def test_the_paper_grid_is_a_handful_of_sbatch_calls_and_a_rerun_submits_nothing
 
 @pytest.mark.slow
 def test_time_limits_requeue_from_the_checkpoint_up_to_the_configured_count(cluster, tmp_path):
-    """A 1-minute time limit with the USR2 warning 45 s before it: each incarnation runs ~15 s.
-    With max_requeues 8 the run is requeued until it finishes, identical to an uninterrupted
+    """A 1-minute time limit with the USR2 warning 40 s before it: each incarnation runs ~20 s.
+    With max_requeues 10 the run is requeued until it finishes, identical to an uninterrupted
     run; with max_requeues 0 it fails at its first time-out, as a failed row. (The second
     submission depends on the teacher job queued by the first.)"""
-    args = ["--methods", "kd", "--epochs", "10", "--teacher-epochs", "1", "--no-progress"]
+    args = ["--methods", "kd", "--epochs", "6", "--teacher-epochs", "1", "--no-progress"]
     out = tmp_path / "slurm"
-    grid = slurm_grid(tmp_path, timeout_min=1, signal_delay_s=45, max_requeues=8)
+    grid = slurm_grid(tmp_path, timeout_min=1, signal_delay_s=40, max_requeues=10)
     assert main(["run", "--grid", str(grid), *args, "--seeds", "0", "--out", str(out)]) == 0
     (tmp_path / "strict").mkdir()
-    strict = slurm_grid(tmp_path / "strict", timeout_min=1, signal_delay_s=45, max_requeues=0, wait=True,
+    strict = slurm_grid(tmp_path / "strict", timeout_min=1, signal_delay_s=40, max_requeues=0, wait=True,
                         wait_timeout_min=15)
     assert main(["run", "--grid", str(strict), *args, "--seeds", "0,1", "--out", str(out)]) == 1
     rows = {(r["method"], r["seed"], r["student"]): r for r in Store(out).iter_results()}
