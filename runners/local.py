@@ -85,6 +85,14 @@ class LocalRunner:
         if max_parallel is not None and int(max_parallel) < 1:
             raise ValueError(f"local runner: --max-parallel must be at least 1, not {max_parallel}")
 
+    def job_parameters(self, slot: int, gpus: Sequence[int]) -> dict[str, Any]:
+        """LocalExecutor parameters of the job started in ``slot``: the time limit, and with
+        GPUs the slot's own GPU (submitit sets ``CUDA_VISIBLE_DEVICES`` to it)."""
+        params: dict[str, Any] = {"timeout_min": self.timeout_min}
+        if gpus:
+            params.update(gpus_per_node=1, visible_gpus=(int(gpus[slot]),))
+        return params
+
     def _gpu_ids(self, device: str) -> list[int]:
         if not str(device).startswith("cuda"):
             return []
@@ -113,10 +121,7 @@ class LocalRunner:
                  f"one GPU each of {gpus}" if gpus else f"{threads} CPU thread(s) each")
 
         def start(item: Planned, slot: int) -> Any:
-            params: dict[str, Any] = {"timeout_min": self.timeout_min, "name": f"kdbench-{item.spec.method}"}
-            if gpus:
-                params.update(gpus_per_node=1, visible_gpus=(gpus[slot],))
-            executor.update_parameters(**params)
+            executor.update_parameters(**self.job_parameters(slot, gpus), name=f"kdbench-{item.spec.method}")
             job = executor.submit(RunJob(item.spec, job_options, teacher=item.teacher))
             write_job_record(item.run_dir, self.name, str(job.job_id), _paths(job), git_sha=_git_sha(),
                              gpu=gpus[slot] if gpus else None)

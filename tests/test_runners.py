@@ -63,6 +63,33 @@ def test_local_executor_jobs_never_exceed_max_parallel(tmp_path, monkeypatch):
     assert max_overlap(intervals) == 2
 
 
+def test_local_jobs_running_together_get_different_gpus(tmp_path, monkeypatch):
+    """With GPUs 0 and 1 and two slots, each LocalExecutor job sees exactly its slot's GPU
+    in CUDA_VISIBLE_DEVICES, so two jobs running at once never share one."""
+    from kdbench.runners.local import LocalRunner
+
+    monkeypatch.setenv("PYTHONPATH", TOYS)
+    monkeypatch.syspath_prepend(TOYS)
+    from kdbench_sleepers import sleep_and_record
+
+    runner = LocalRunner(max_parallel=2, timeout_min=3)
+    executor = submitit.LocalExecutor(folder=tmp_path / "jobs")
+    marks = tmp_path / "marks"
+    marks.mkdir()
+
+    def start(i, slot):
+        executor.update_parameters(**runner.job_parameters(slot, [0, 1]))
+        return executor.submit(sleep_and_record, str(marks), f"job{i}", 1.0)
+
+    Throttle(2, poll_s=0.05).run(range(4), start)
+    runs = [json.loads(p.read_text()) for p in marks.iterdir()]
+    assert len(runs) == 4 and {gpu for _, _, gpu in runs} == {"0", "1"}
+    for a in runs:
+        for b in runs:
+            if a is not b and a[0] < b[1] and b[0] < a[1]:  # ran at the same time
+                assert a[2] != b[2]
+
+
 def test_throttle_hands_each_running_job_its_own_slot():
     class Soon:
         def __init__(self):
