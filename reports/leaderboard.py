@@ -23,7 +23,15 @@ Nothing that differs in the run key is ever averaged together, only seeds are:
 
 Cells show ``n=k/N`` when only k of the N expected seeds are done, ``skip`` when the
 method declined the pair (reasons are listed as notes) and ``fail`` for failed runs
-(listed below the table, one line each). The best method mean per column is marked ``best``.
+(listed below the table, one line each); runs without a result yet (rows the loader makes
+from their ``spec.json``: ``running``, ``interrupted``, ``pending``) are counted in the
+cell (``n=1/2, 1 running``) or shown alone. The best method mean per column is marked
+``best``.
+
+Every arrow with at least two seeds on both sides is tested (Welch's t-test, two-sided, at
+``alpha``; :mod:`kdbench.reports.stats`): ``Cell.significant`` is ``True``/``False``, and
+``None`` where no test was possible. The baseline (``kd`` by default, ``--baseline``) is
+the row the arrows compare with; its own arrow is against the vanilla student.
 """
 from __future__ import annotations
 
@@ -34,6 +42,8 @@ from pathlib import Path
 from typing import Any, Iterable
 
 import pandas as pd
+
+from kdbench.reports.stats import ALPHA, TestResult, welch_test
 
 REFERENCE_METHOD = "kd"
 STUDENT_METHOD = "vanilla"
@@ -46,6 +56,8 @@ CAPTION_FIELDS = ("epochs", "batch_size", "lr")
 ERROR_CHARS = 200
 ANY_TEACHER = "*"  # column of a pair with no rows yet: its teacher is not known
 _INT_FIELDS = ("seed", "teacher_seed", "method_version", "epochs")  # pandas turns them into floats
+#: States of runs that have no result yet (rows made from spec.json by the loader).
+WAITING = ("running", "interrupted", "pending")
 
 
 @dataclass
@@ -58,7 +70,14 @@ class Cell:
     expected: int = 0
     arrow: str = ""
     best: bool = False
-    status: str = "done"  # done | missing | skipped | failed | reference | n/a
+    status: str = "done"  # done | missing | skipped | failed | reference | n/a | published | running | …
+    values: list[float] = field(default_factory=list)  # one per done seed: what the test compares
+    test: TestResult | None = None  # Welch's t-test of the arrow (None: not tested)
+    significant: bool | None = None  # None: no test possible (fewer than 2 seeds on a side)
+    waiting: dict[str, int] = field(default_factory=dict)  # runs without a result: {"running": 1}
+    paper: float | None = None  # the published number beside it (--compare)
+    params: float | None = None  # parameters at inference (mean over the done runs; the plots)
+    run_dirs: list[str] = field(default_factory=list)  # the done runs' folders (training curves)
 
     @property
     def partial(self) -> bool:
@@ -78,7 +97,15 @@ class Table:
     failures: list[dict[str, Any]] = field(default_factory=list)
     unit: str = "%"
     caption: str = ""  # what the table shows: recipe, teachers
-    reference: str = REFERENCE_METHOD  # the row the arrows compare with
+    reference: str = REFERENCE_METHOD  # the row the arrows compare with (the baseline)
+    base: str = STUDENT_METHOD  # the vanilla student's row (the baseline's arrow, ARI)
+    alpha: float = ALPHA  # level of the arrows' tests
+    pairs: dict[str, tuple[str, str]] = field(default_factory=dict)  # column -> (teacher, student)
+    row_methods: dict[str, str] = field(default_factory=dict)  # row -> method (variants share one)
+    dataset: str = ""
+    source: str = "results"  # results | published
+    compare: str = ""  # the published table beside the cells (--compare)
+    summary: Any = None  # kdbench.reports.summary.Summary: the summary columns, when computed
 
     def cell(self, row: str, col: str) -> Cell:
         return self.cells.get((row, col), Cell(status="missing"))
@@ -154,9 +181,10 @@ def _stats(values: list[float]) -> tuple[float | None, float | None]:
     return mean, std
 
 
-def ordered_methods(methods: Iterable[str], order: list[str] | None = None) -> list[str]:
+def ordered_methods(methods: Iterable[str], order: list[str] | None = None,
+                    baseline: str = REFERENCE_METHOD) -> list[str]:
     present = list(dict.fromkeys(m for m in methods if m != STUDENT_METHOD))
-    first = [REFERENCE_METHOD] if REFERENCE_METHOD in present else []
+    first = [baseline] if baseline in present else []
     rest = [m for m in (order or []) if m in present and m not in first]
     rest += sorted(m for m in present if m not in first and m not in rest)
     return first + rest
@@ -236,9 +264,11 @@ def variant_labels(method: str, variants: list[str]) -> dict[str, str]:
 
 def build_leaderboards(df: pd.DataFrame, dataset: str | None = None, metric: str = "last",
                        pairs: list[tuple[str, str]] | None = None, methods: list[str] | None = None,
-                       expected_seeds: int | None = None) -> list[Table]:
+                       expected_seeds: int | None = None, baseline: str = REFERENCE_METHOD,
+                       alpha: float = ALPHA) -> list[Table]:
     """One :class:`Table` per students' recipe among the rows of ``dataset`` that hold a
-    distillation run (see the module docstring), ordered by epochs, batch size, lr."""
+    distillation run (see the module docstring), ordered by epochs, batch size, lr; arrows
+    against ``baseline``, tested at ``alpha``."""
     if metric not in METRICS:
         raise ValueError(f"unknown metric {metric!r}; choose from {', '.join(METRICS)}")
     records = _records(df)
@@ -254,7 +284,8 @@ def build_leaderboards(df: pd.DataFrame, dataset: str | None = None, metric: str
     for rid in sorted(shown, key=lambda k: _recipe_order(recipes[k])):
         others = [r for k, r in recipes.items() if k != rid]
         caption = describe_recipe(recipes[rid], others)
-        tables.append(_build_table(shown[rid], by_key, dataset, metric, pairs, methods, expected_seeds, caption))
+        tables.append(_build_table(shown[rid], by_key, dataset, metric, pairs, methods, expected_seeds, caption,
+                                   baseline=baseline, alpha=alpha))
     return tables
 
 
@@ -290,10 +321,10 @@ def _columns(teacher_rows: list[dict[str, Any]], pairs: list[tuple[str, str]] | 
     return columns
 
 
-def _row_variants(method_rows: list[dict[str, Any]], order: list[str] | None) -> list[RowVariant]:
-    """Rows of the table: vanilla first, then methods (KD first), one per variant."""
+def _row_variants(method_rows: list[dict[str, Any]], order: list[str] | None, baseline: str) -> list[RowVariant]:
+    """Rows of the table: vanilla first, then methods (the baseline first), one per variant."""
     out = []
-    for method in [STUDENT_METHOD, *ordered_methods((r["method"] for r in method_rows), order)]:
+    for method in [STUDENT_METHOD, *ordered_methods((r["method"] for r in method_rows), order, baseline)]:
         rows = [r for r in method_rows if r["method"] == method]
         counts: dict[str, int] = {}
         for r in rows:
@@ -306,7 +337,7 @@ def _row_variants(method_rows: list[dict[str, Any]], order: list[str] | None) ->
 
 def _build_table(rows: list[dict[str, Any]], by_key: dict[str, dict[str, Any]], dataset: str, metric: str,
                  pairs: list[tuple[str, str]] | None, methods: list[str] | None, expected_seeds: int | None,
-                 caption: str) -> Table:
+                 caption: str, baseline: str = REFERENCE_METHOD, alpha: float = ALPHA) -> Table:
     """The table of one recipe's rows."""
     col = METRICS[metric]
     own_rows = [r for r in rows if r.get("own_student")]
@@ -315,7 +346,7 @@ def _build_table(rows: list[dict[str, Any]], by_key: dict[str, dict[str, Any]], 
     students = {c.student for c in columns}
     vanilla_rows = [r for r in rows if not r.get("teacher") and r.get("method") == STUDENT_METHOD
                     and r.get("student") in students]
-    variants = _row_variants(teacher_rows + vanilla_rows + own_rows, methods)
+    variants = _row_variants(teacher_rows + vanilla_rows + own_rows, methods, baseline)
     own_methods = {r["method"]: r.get("student_arch") or r.get("student") for r in own_rows}
     notes: list[str] = [f"{m}: trains its own student ({s}); the column's CNN student is not used"
                         for m, s in own_methods.items()]
@@ -344,17 +375,19 @@ def _build_table(rows: list[dict[str, Any]], by_key: dict[str, dict[str, Any]], 
         if row != "teacher":
             cell.expected = expected
     names = [v.name for v in variants]
-    reference = next((v.name for v in variants if v.method == REFERENCE_METHOD), REFERENCE_METHOD)
+    reference = next((v.name for v in variants if v.method == baseline), baseline)
     base = next(v.name for v in variants if v.method == STUDENT_METHOD)
     method_names = [v.name for v in variants if v.method != STUDENT_METHOD]
     for c in columns:
-        _mark(cells, method_names, c.name, reference, base, timing=(metric == "time"))
+        mark_column(cells, method_names, c.name, reference, base, timing=(metric == "time"), alpha=alpha)
     title = f"{dataset}: {METRIC_TITLES[metric]}, mean ± std over seeds"
     teachers = sorted({teacher_description(r, by_key) for r in teacher_rows})
     full_caption = f"runs with {caption}" + (f"; teachers: {' | '.join(teachers)}" if teachers else "")
     return Table(title=title, columns=[c.name for c in columns], rows=["teacher", *names], cells=cells,
                  metric=metric, notes=notes, failures=failures, unit="s" if metric == "time" else "%",
-                 caption=full_caption, reference=reference)
+                 caption=full_caption, reference=reference, base=base, alpha=alpha,
+                 pairs={c.name: (c.teacher, c.student) for c in columns},
+                 row_methods={"teacher": "teacher", **{v.name: v.method for v in variants}}, dataset=dataset)
 
 
 def _gather(sub: list[dict[str, Any]], col: str, row: str, colname: str, notes: list[str],
@@ -366,15 +399,27 @@ def _gather(sub: list[dict[str, Any]], col: str, row: str, colname: str, notes: 
     for f in failed:
         failures.append({"row": row, "pair": colname, "seed": f["seed"], "error": f.get("error"),
                          "run_dir": f.get("run_dir")})
+    waiting: dict[str, int] = {}
+    for r in sub:
+        if r.get("status") in WAITING:
+            waiting[r["status"]] = waiting.get(r["status"], 0) + 1
     if done:
-        mean, std = _stats([r.get(col) for r in done])
-        return Cell(mean, std, n=len({r["seed"] for r in done}))
+        values = [float(v) for v in (r.get(col) for r in done) if v is not None and not
+                  (isinstance(v, float) and math.isnan(v))]
+        mean, std = _stats(values)
+        params = [r.get("inference_params") or r.get("student_params") for r in done]
+        return Cell(mean, std, n=len({r["seed"] for r in done}), values=values, waiting=waiting,
+                    params=_stats([p for p in params if isinstance(p, (int, float))])[0],
+                    run_dirs=[r["run_dir"] for r in done if r.get("run_dir")])
     if skipped:
         note = f"{row} skipped on {colname}: {skipped[0].get('reason')}"
         if note not in notes:
             notes.append(note)
         return Cell(status="skipped")
-    return Cell(status="failed" if failed else "missing")
+    if failed:
+        return Cell(status="failed")
+    state = next((s for s in WAITING if s in waiting), "missing")
+    return Cell(status=state, waiting=waiting)
 
 
 def _teacher_cell(pair_rows: list[dict[str, Any]], by_key: dict[str, dict[str, Any]], metric: str) -> Cell:
@@ -389,12 +434,14 @@ def _teacher_cell(pair_rows: list[dict[str, Any]], by_key: dict[str, dict[str, A
         value = next((r["teacher_top1"] for r in pair_rows if r.get("teacher_top1") is not None), None)
     if value is not None:
         return Cell(float(value), None, n=1, expected=1, status="reference")
-    return Cell(status="n/a" if from_checkpoint else "missing", expected=1)
+    waiting = next((by_key[k]["status"] for k in keys if by_key.get(k, {}).get("status") in WAITING), None)
+    return Cell(status="n/a" if from_checkpoint else (waiting or "missing"), expected=1)
 
 
-def _mark(cells: dict[tuple[str, str], Cell], methods: list[str], col: str, reference: str, base: str,
-          timing: bool) -> None:
-    """Arrows against the reference (KD; KD against vanilla) and the best method of the
+def mark_column(cells: dict[tuple[str, str], Cell], methods: list[str], col: str, reference: str, base: str,
+          timing: bool, alpha: float = ALPHA) -> None:
+    """Arrows against the reference (KD; KD against vanilla), each tested (Welch's t-test
+    at ``alpha``, where both cells have two seeds or more), and the best method of the
     column (for a timing table: no arrows, the fastest is best)."""
     scored = [cells[(m, col)] for m in methods if cells[(m, col)].mean is not None]
     if scored:
@@ -410,3 +457,6 @@ def _mark(cells: dict[tuple[str, str], Cell], methods: list[str], col: str, refe
             continue
         diff = round(c.mean, 2) - round(against.mean, 2)
         c.arrow = "=" if abs(diff) < 1e-9 else ("↑" if diff > 0 else "↓")
+        if c.arrow != "=":
+            c.test = welch_test(c.values, against.values)
+            c.significant = None if c.test is None else c.test.significant(alpha)

@@ -56,7 +56,7 @@ def test_best_metric_and_time_table():
 def test_renderers_show_the_same_content():
     table = build_leaderboard(synthetic(), "d", "last", expected_seeds=2)
     term = render_terminal(table)
-    assert "75.50 ± 0.71 ↑ *" in term and "skip" in term and "fail" in term and "2 failed run(s)" in term
+    assert "75.50 ± 0.71 ↑ (best)" in term and "skip" in term and "fail" in term and "2 failed run(s)" in term
     md = render_markdown(table)
     assert "**75.50 ± 0.71 ↑**" in md and md.startswith("### d: top-1")
     csv_text = render_csv(table)
@@ -95,7 +95,7 @@ def test_two_recipes_in_one_folder_are_two_tables_never_averaged():
     assert "epochs 1, batch 32" in text and "epochs 2, batch 32" in text
     assert "40.00" not in text and "28.28" not in text  # the mean ± std of both recipes' vanilla runs
     csv_lines = render_tables(tables, "csv").splitlines()
-    assert csv_lines[0] == "row,pair,mean,std,n,expected,arrow,best,status,metric,runs"
+    assert csv_lines[0] == "row,pair,mean,std,n,expected,arrow,best,status,metric,runs,t,df,p,significant,paper,paper_diff"
     assert "vanilla,t->s,20.0000,0.0000,1,1,,0,done,last,runs with epochs 1, batch 32" in csv_lines[2].replace('"', "")
     assert sum(line.startswith("row,") for line in csv_lines) == 1 and len(csv_lines) == 1 + 2 * 3
 
