@@ -149,11 +149,22 @@ def make_parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="done / pending / running / failed / skipped per run of a grid")
     _grid_args(status)
 
-    report = sub.add_parser("report", help="leaderboards from a results folder")
+    report = sub.add_parser("report", help="leaderboards with tested arrows, summary columns, costs and plots from a "
+                                           "results folder, or a published table")
     _out_arg(report)
     report.add_argument("--dataset", help="dataset to report (required if the folder holds several)")
     report.add_argument("--metric", default="last", choices=["last", "best", "top5", "time"])
-    report.add_argument("--format", default="terminal", choices=["terminal", "md", "csv"])
+    report.add_argument("--format", default="terminal", choices=["terminal", "md", "latex", "html", "csv", "json"])
+    report.add_argument("--baseline", default="kd", metavar="METHOD",
+                        help="the row every arrow compares with (default kd; its own arrow is against vanilla)")
+    report.add_argument("--ari-ref", metavar="METHOD", help="add the ARI column: METHOD's average relative "
+                        "improvement over each row (a published table: its own reference by default)")
+    report.add_argument("--compare", metavar="TABLE", help="put a published table's numbers beside the cells "
+                        "(a name in reports/paper_tables/, e.g. cnn2gnn_cifar100)")
+    report.add_argument("--table", metavar="TABLE", help="render a published table alone (e.g. hkd_tiny_imagenet)")
+    report.add_argument("--sort", choices=["delta", "rank", "ari"], help="order the method rows, best first")
+    report.add_argument("--alpha", type=float, default=0.05, help="level of the arrows' Welch t-tests (default 0.05)")
+    report.add_argument("--plots", metavar="DIR", help="also write the plots as PNG files into DIR")
     report.add_argument("--output", metavar="FILE", help="write to FILE instead of standard output")
     for subcommand in (run, lst, status, report):
         _verbosity_args(subcommand)
@@ -351,27 +362,19 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from kdbench.reports.leaderboard import build_leaderboards, rows_frame
-    from kdbench.reports.render import render_tables
-    from kdbench.store import Store
+    from kdbench.reports.report import Options, build_published_report, check_outside, from_folder, render, write_plots
 
-    store = Store(args.out)
-    for problem in store.problems():
-        log.warning("%s", problem)
-    df = rows_frame(store.iter_results())
-    if df.empty:
-        raise GridError(f"no results under {store.root / 'runs'}; run `kdbench run --out {args.out}` first")
-    held = sorted(set(df["dataset"].dropna()))
-    if args.dataset is not None and args.dataset not in held:
-        raise GridError(f"no results for dataset {args.dataset!r} in {store.root}; it holds: {', '.join(held)}")
-    tables = build_leaderboards(df, args.dataset, args.metric)
-    if not tables:
-        raise GridError(f"no distillation runs for {args.dataset or held[0]} in {store.root} (only teacher or "
-                        f"vanilla runs); it holds: {', '.join(held)}")
-    if len(tables) > 1:
-        log.warning("%s holds runs of %d recipes: one table per recipe, never averaged together", store.root,
-                    len(tables))
-    text = render_tables(tables, args.format, color=sys.stdout.isatty() and not args.output)
+    opts = Options(dataset=args.dataset, metric=args.metric, baseline=args.baseline, ari_ref=args.ari_ref,
+                   compare=args.compare, sort=args.sort, alpha=args.alpha,
+                   plots=args.format == "html" or bool(args.plots))
+    if args.table:
+        report = build_published_report(args.table, opts)
+    else:
+        check_outside(args.out, {"--output": args.output, "--plots": args.plots})
+        report = from_folder(args.out, opts)
+    text = render(report, args.format, color=sys.stdout.isatty() and not args.output)
+    if args.plots:
+        write_plots(report, Path(args.plots))
     if args.output:
         try:
             Path(args.output).write_text(text)

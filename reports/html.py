@@ -118,7 +118,7 @@ def plots_html(plots: dict[str, bytes]) -> list[str]:
 
 def render_html(title: str, source: str, sections: list[dict[str, Any]], notes: list[str]) -> str:
     """The page: ``sections`` hold ``table``, optional ``cost`` and ``plots``."""
-    body = [f"<h1>{escape(title)}</h1>", f'<p class="caption">{escape(source)}</p>']
+    body = [f"<h1>{escape(title)}</h1>", f'<p class="caption">numbers from {escape(source)}</p>']
     body += [f'<p class="notes">{escape(n)}</p>' for n in notes]
     for section in sections:
         body += ["<section>", *leaderboard_html(section["table"])]

@@ -5,9 +5,12 @@ keep the marks of the other formats: the best cell in ``\\textbf``, arrows as
 ``$\\uparrow$``/``$\\downarrow$``, significant ones with ``^{*}``; the legend and the test
 below the tabular in ``\\footnotesize``. Failed runs and their folders are LaTeX comments
 (``%``), not printed text. Every text goes through :func:`tex` (escapes ``\\ & % $ # _ { }
-~ ^`` and maps the report's Unicode — arrows, ±, α, Δ, dashes — to LaTeX).
+~ ^``, writes a negative number's sign as ``$-$`` and maps the report's Unicode — arrows, ±,
+α, Δ, dashes — to LaTeX).
 """
 from __future__ import annotations
+
+import re
 
 from kdbench.reports.cost import COLUMNS, CostTable, cost_cells, teacher_line
 from kdbench.reports.leaderboard import Table, one_line
@@ -24,6 +27,7 @@ _UNICODE = {"↑*": r"$\uparrow^{*}$", "↓*": r"$\downarrow^{*}$", "↑": r"$\u
 def tex(text: str) -> str:
     """``text`` safe in a LaTeX document (see the module docstring)."""
     out = "".join(_ESCAPES.get(ch, ch) for ch in str(text))
+    out = re.sub(r"(?<![\w.-])-(?=\d)", r"$-$", out)  # a negative number gets a minus sign, not a hyphen
     for uni, rep in sorted(_UNICODE.items(), key=lambda kv: -len(kv[0])):
         out = out.replace(uni, rep)
     return out

@@ -71,12 +71,43 @@ def _finish(table: Table, opts: Options, ari_ref: str | None, printed: dict[str,
         attach_published(table, load_published(opts.compare, opts.baseline)[0])
 
 
+class NoDistillationRuns(ValueError):
+    """The rows hold no run with a teacher (only teachers or vanilla students)."""
+
+
+def from_folder(out: str | Path, opts: Options) -> Report:
+    """The report of a results folder (``--out``): warns about suspicious files and
+    several recipes; a folder without results, or without the dataset asked for, is an
+    error naming the folder (and the datasets it holds)."""
+    from kdbench.reports.loader import load_rows, queued_runs
+    from kdbench.store import Store
+
+    store = Store(out)
+    for problem in store.problems():
+        log.warning("%s", problem)
+    rows = load_rows(store)
+    if not rows:
+        raise ValueError(f"no results under {store.root / 'runs'}; run `kdbench run --out {out}` first")
+    held = sorted({r["dataset"] for r in rows if r.get("dataset")})
+    if opts.dataset is not None and opts.dataset not in held:
+        raise ValueError(f"no results for dataset {opts.dataset!r} in {store.root}; it holds: {', '.join(held)}")
+    try:
+        report = build_report(rows, str(store.root), opts, queued_runs(store))
+    except NoDistillationRuns:
+        raise ValueError(f"no distillation runs for {opts.dataset or held[0]} in {store.root} (only teacher or "
+                         f"vanilla runs); it holds: {', '.join(held)}") from None
+    if len(report.sections) > 1:
+        log.warning("%s holds runs of %d recipes: one table per recipe, never averaged together", store.root,
+                    len(report.sections))
+    return report
+
+
 def build_report(records: list[dict[str, Any]], source: str, opts: Options, queued: int = 0) -> Report:
     """The report of result rows (and waiting runs' rows) ``records``."""
     df = rows_frame(records)
     tables = build_leaderboards(df, opts.dataset, opts.metric, baseline=opts.baseline, alpha=opts.alpha)
     if not tables:
-        raise ValueError(f"no distillation runs for {opts.dataset or 'the dataset'} in {source}")
+        raise NoDistillationRuns(f"no distillation runs for {opts.dataset or 'the dataset'} in {source}")
     times = tables if opts.metric == "time" else build_leaderboards(df, opts.dataset, "time", baseline=opts.baseline)
     dataset = tables[0].dataset
     costs = build_costs(records, dataset, opts.baseline)
@@ -163,10 +194,16 @@ def render(report: Report, fmt: str, color: bool = False) -> str:
     raise ValueError(f"unknown format {fmt!r}; choose from {', '.join(FORMATS)}")
 
 
-def outside(path: str | Path, folder: str | Path) -> bool:
-    """Whether ``path`` lies outside ``folder`` (both resolved; symlinks followed)."""
-    p, f = Path(path).expanduser().resolve(), Path(folder).expanduser().resolve()
-    return p != f and f not in p.parents
+def check_outside(folder: str | Path, paths: dict[str, str | None]) -> None:
+    """Raise ``ValueError`` when a path to write (by flag) lies in the results folder
+    (resolved, symlinks followed): a report never writes into the results."""
+    root = Path(folder).expanduser().resolve()
+    for flag, path in paths.items():
+        if path:
+            p = Path(path).expanduser().resolve()
+            if p == root or root in p.parents:
+                raise ValueError(f"{flag} {path} is inside the results folder {folder}: a report never writes "
+                                 f"there; choose a path outside it")
 
 
 def write_plots(report: Report, folder: Path) -> list[Path]:

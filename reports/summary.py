@@ -62,8 +62,9 @@ def compute_summary(table: Table, ari_ref: str | None = None) -> Summary:
     """Δ, rank and ARI of every row of ``table`` (ARI only when ``ari_ref`` is a row)."""
     s = Summary(pairs=len(table.columns))
     timing = table.metric == "time"
-    means = {(r, c): table.cell(r, c).mean for r in table.rows for c in table.columns}
-    for row in [table.base, *method_rows(table)]:
+    rows = [r for r in (table.base, table.reference) if r not in table.rows] + table.rows  # a table may lack them
+    means = {(r, c): table.cell(r, c).mean for r in rows for c in table.columns}
+    for row in [r for r in (table.base, *method_rows(table)) if r in table.rows]:
         diffs = [means[(row, c)] - means[(table.reference, c)] for c in table.columns
                  if means[(row, c)] is not None and means[(table.reference, c)] is not None]
         s.delta[row], s.counts[("delta", row)] = _mean(diffs), len(diffs)
