@@ -6,7 +6,8 @@ to nothing. Top to bottom: the title and where the numbers come from; then per t
 (one per recipe, or the published table): the leaderboard (arrows green ↑ / red ↓, ``*``
 significant, best in bold; a click on a column header sorts the method rows, teacher and
 vanilla stay on top), its legend, test and notes, failed runs, the cost table, and the
-plots.
+plots. Once loaded, the page sets ``data-images-loaded="k/n"`` on ``<body>``: how many of
+its n images decoded (what the browser test reads).
 """
 from __future__ import annotations
 
@@ -39,6 +40,13 @@ figure { display: inline-block; margin: 0.5em 1em 1em 0; } figure img { max-widt
 """
 
 SCRIPT = """
+window.addEventListener("load", function () {  // for checks: how many plots decoded
+  var ok = 0;
+  for (var i = 0; i < document.images.length; i++) {
+    if (document.images[i].complete && document.images[i].naturalWidth > 0) { ok++; }
+  }
+  document.body.setAttribute("data-images-loaded", ok + "/" + document.images.length);
+});
 document.querySelectorAll("table.sortable").forEach(function (table) {
   table.querySelectorAll("th").forEach(function (th, col) {
     th.addEventListener("click", function () {

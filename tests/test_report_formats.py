@@ -312,3 +312,47 @@ def test_latex_structure(capsys, folder):
         assert rows and all(len(re.findall(r"(?<!\\)&", ln)) == ncols - 1 for ln in rows)
         for ln in body.splitlines():
             assert not LATEX_SPECIALS.search(ln.replace("&", "")), ln
+
+
+@pytest.mark.slow
+def test_html_page_in_headless_chromium(capsys, folder, tmp_path):
+    """Debian's ``chromium`` opens the page from disk: the screenshot is not blank (many
+    colours, the green and red arrows among them) and the page's own check says every
+    plot decoded."""
+    import shutil
+    import subprocess
+
+    from PIL import Image
+
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        pytest.skip("headless Chromium is not installed (Debian: apt-get install chromium)")
+    page = tmp_path / "r.html"
+    report(capsys, folder, "--format", "html", "--output", str(page))
+    flags = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--window-size=1400,2400",
+             f"--user-data-dir={tmp_path / 'profile'}"]
+    shot = tmp_path / "shot.png"
+    subprocess.run([*flags, f"--screenshot={shot}", page.as_uri()], check=True, capture_output=True, timeout=120)
+    dom = subprocess.run([*flags, "--virtual-time-budget=5000", "--dump-dom", page.as_uri()], check=True,
+                         capture_output=True, text=True, timeout=120).stdout
+    assert 'data-images-loaded="4/4"' in dom
+    img = Image.open(shot).convert("RGB")
+    colours = img.getcolors(maxcolors=1 << 20)
+    assert len(colours) > 200  # text, tables, four plots: far from a blank page
+    present = {c for _, c in colours}
+    assert (0x1a, 0x7f, 0x37) in present and (0xcf, 0x22, 0x2e) in present  # green ↑ and red ↓
+
+
+def test_latex_compiles_where_an_engine_is_installed(capsys, folder, tmp_path):
+    import shutil
+    import subprocess
+
+    engine = shutil.which("pdflatex")
+    if engine is None:
+        pytest.skip("no pdflatex here (TeX Live is not installed; test_latex_structure checks what compiling needs)")
+    tex = report(capsys, folder, "--format", "latex", "--ari-ref", "at")
+    doc = tmp_path / "paper.tex"
+    doc.write_text("\\documentclass{article}\n\\usepackage{booktabs}\n\\begin{document}\n" + tex + "\\end{document}\n")
+    done = subprocess.run([engine, "-interaction=nonstopmode", "-halt-on-error", doc.name], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and (tmp_path / "paper.pdf").exists(), done.stdout[-2000:]
