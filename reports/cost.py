@@ -20,8 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from kdbench.reports.leaderboard import (REFERENCE_METHOD, STUDENT_METHOD, _recipe_order, describe_recipe,
-                                         ordered_methods, recipe_id)
+from kdbench.reports.leaderboard import REFERENCE_METHOD, STUDENT_METHOD, ordered_methods, recipe_groups
 
 COLUMNS = ["runs", "wall s/run", "wall s total", "student params", "extra train params", "inference params",
            "stored values", "infer ms/img"]
@@ -73,14 +72,8 @@ def build_costs(records: list[dict[str, Any]], dataset: str, baseline: str = REF
     rows as dicts) of ``dataset``."""
     records = [r for r in records if r.get("dataset") == dataset]
     by_key = {r.get("run_key"): r for r in records if r.get("run_key")}
-    groups: dict[str, list[dict[str, Any]]] = {}
-    for r in records:
-        groups.setdefault(recipe_id(r), []).append(r)
-    shown = {k: v for k, v in groups.items() if any(r.get("teacher") for r in v)}
-    recipes = {k: v[0].get("recipe") for k, v in shown.items()}
     tables = []
-    for rid in sorted(shown, key=lambda k: _recipe_order(recipes[k])):
-        rows = shown[rid]
+    for rows, recipe in recipe_groups(records):
         distill = [r for r in rows if r.get("teacher") or r.get("own_student")]
         students = {r.get("student") for r in rows if r.get("teacher")}
         teacher_keys = {r.get("teacher_key") for r in rows if r.get("teacher") and r.get("teacher_key")}
@@ -91,8 +84,7 @@ def build_costs(records: list[dict[str, Any]], dataset: str, baseline: str = REF
                       for m in methods]
         trained = [by_key[k] for k in teacher_keys if k in by_key and by_key[k].get("status") == "done"]
         from_ckpt = {r.get("teacher_key") for r in rows if r.get("teacher") and r.get("teacher_ckpt")}
-        others = [v for k, v in recipes.items() if k != rid]
-        table = CostTable(title=f"{dataset}: cost per method", caption=f"runs with {describe_recipe(recipes[rid], others)}",
+        table = CostTable(title=f"{dataset}: cost per method", caption=f"runs with {recipe}",
                           rows=table_rows, teachers_trained=len(trained),
                           teachers_wall_s=sum(float(r.get("wall_time_s") or 0.0) for r in trained),
                           teachers_from_checkpoints=len(from_ckpt))

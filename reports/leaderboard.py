@@ -208,7 +208,7 @@ def recipe_id(row: dict[str, Any]) -> str:
     return _canonical(recipe) if isinstance(recipe, dict) else ""
 
 
-def _recipe_order(recipe: dict[str, Any] | None) -> tuple:
+def recipe_order(recipe: dict[str, Any] | None) -> tuple:
     recipe = recipe or {}
     return tuple(recipe.get(k) if isinstance(recipe.get(k), (int, float)) else 0 for k in CAPTION_FIELDS) + \
         (_canonical(recipe),)
@@ -275,18 +275,21 @@ def build_leaderboards(df: pd.DataFrame, dataset: str | None = None, metric: str
     dataset = choose_dataset((r.get("dataset") for r in records), dataset)
     records = [r for r in records if r.get("dataset") == dataset]
     by_key = {r["run_key"]: r for r in records if r.get("run_key")}
+    return [_build_table(rows, by_key, dataset, metric, pairs, methods, expected_seeds, caption, baseline=baseline,
+                         alpha=alpha) for rows, caption in recipe_groups(records)]
+
+
+def recipe_groups(records: list[dict[str, Any]]) -> list[tuple[list[dict[str, Any]], str]]:
+    """The rows of each students' recipe that holds a distillation run, with the recipe's
+    description (``epochs 2, batch 32, lr 0.05`` and whatever differs from the others),
+    ordered by epochs, batch size, lr."""
     groups: dict[str, list[dict[str, Any]]] = {}
     for r in records:
         groups.setdefault(recipe_id(r), []).append(r)
     shown = {rid: rows for rid, rows in groups.items() if any(r.get("teacher") for r in rows)}
     recipes = {rid: rows[0].get("recipe") for rid, rows in shown.items()}
-    tables = []
-    for rid in sorted(shown, key=lambda k: _recipe_order(recipes[k])):
-        others = [r for k, r in recipes.items() if k != rid]
-        caption = describe_recipe(recipes[rid], others)
-        tables.append(_build_table(shown[rid], by_key, dataset, metric, pairs, methods, expected_seeds, caption,
-                                   baseline=baseline, alpha=alpha))
-    return tables
+    return [(shown[rid], describe_recipe(recipes[rid], [r for k, r in recipes.items() if k != rid]))
+            for rid in sorted(shown, key=lambda k: recipe_order(recipes[k]))]
 
 
 def build_leaderboard(df: pd.DataFrame, dataset: str | None = None, metric: str = "last",

@@ -65,7 +65,10 @@ def _finish(table: Table, opts: Options, ari_ref: str | None, printed: dict[str,
         table.summary.published_ari = printed
     if opts.sort:
         table.rows = sort_rows(table, table.summary, opts.sort)
-    if opts.compare:
+    if opts.compare and table.metric not in ("last", "best"):
+        log.warning("--compare %s: published tables hold top-1 accuracies; not shown beside a %s table",
+                    opts.compare, table.metric)
+    elif opts.compare:
         from kdbench.reports.paper import attach_published, load_published
 
         attach_published(table, load_published(opts.compare, opts.baseline)[0])
