@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from kdbench.cli import main
-from kdbench.reports.stats import ari, fractional_ranks, welch_test
+from kdbench.reports.stats import ari, betainc, fractional_ranks, t_two_sided_p, welch_test
 
 PAPER = Path(__file__).resolve().parents[1] / "reports" / "paper_tables"
 
@@ -134,6 +134,30 @@ def test_welch_closed_forms():
     assert res.df == pytest.approx(4.0) and res.t == pytest.approx(1 / math.sqrt(2 / 3)) and res.p > 0.05
     shift = 2.776 * math.sqrt(2 / 3)  # moves the difference onto the critical value
     assert welch_test([v + shift - 1 for v in a], b).p == pytest.approx(0.05, abs=2e-4)
+
+
+def test_incomplete_beta_closed_forms():
+    for x in (0.0, 0.013, 0.3, 0.5, 0.77, 0.999, 1.0):
+        assert betainc(1.0, 1.0, x) == pytest.approx(x, abs=1e-14)  # uniform
+        assert betainc(3.5, 1.0, x) == pytest.approx(x ** 3.5, abs=1e-14)  # I_x(a, 1) = x^a
+        assert betainc(1.0, 2.5, x) == pytest.approx(1 - (1 - x) ** 2.5, abs=1e-14)  # I_x(1, b) = 1 - (1-x)^b
+    for a in (0.5, 2.0, 7.3, 150.0):
+        assert betainc(a, a, 0.5) == pytest.approx(0.5, abs=1e-12)  # symmetry
+
+
+def test_student_t_tail_against_tables_and_scipy():
+    # two-sided 5 % and 1 % critical values of Student's t (printed tables, 3 decimals)
+    for df, t05, t01 in ((1, 12.706, 63.657), (2, 4.303, 9.925), (5, 2.571, 4.032), (10, 2.228, 3.169),
+                         (30, 2.042, 2.750)):
+        assert t_two_sided_p(t05, df) == pytest.approx(0.05, abs=3e-5)
+        assert t_two_sided_p(t01, df) == pytest.approx(0.01, abs=1e-5)
+    assert t_two_sided_p(1.959964, 1e7) == pytest.approx(0.05, abs=1e-6)  # the normal limit
+    assert t_two_sided_p(0.0, 3.0) == 1.0 and t_two_sided_p(math.inf, 3.0) == 0.0
+    from scipy.stats import t as student_t  # an independent implementation, for real degrees of freedom
+
+    for df in (1.0, 1.0555, 1.7, 2.0, 3.3, 8.0, 27.5, 400.0):
+        for t in (0.01, 0.5, 1.0, 2.2, 4.0, 9.0, 35.0):
+            assert t_two_sided_p(t, df) == pytest.approx(2 * student_t.sf(t, df), rel=1e-9, abs=1e-300)
 
 
 def test_welch_degenerate_and_untestable():
