@@ -36,7 +36,7 @@ td:first-child, th:first-child { text-align: left; }
 tbody.fixed tr:last-child td { border-bottom: 2px solid #999; }
 .up { color: #1a7f37; font-weight: bold; } .down { color: #cf222e; font-weight: bold; }
 .caption, .notes { color: #555; font-size: 0.9em; }
-figure { display: inline-block; margin: 0.5em 1em 1em 0; } figure img { max-width: 100%; border: 1px solid #ddd; }
+figure { display: inline-block; vertical-align: top; margin: 0.5em 1em 1em 0; } figure img { max-width: 100%; border: 1px solid #ddd; }
 """
 
 SCRIPT = """
