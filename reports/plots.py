@@ -19,6 +19,7 @@ import math
 
 from matplotlib import colormaps
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from kdbench.reports.leaderboard import Table
 from kdbench.reports.loader import read_curve
@@ -155,6 +156,7 @@ def training_curves(acc: Table) -> bytes | None:
             if pts:
                 ax.plot([e for e, _ in pts], [v for _, v in pts], label=row, linewidth=1.2, color=colors[row])
         ax.set_title(col, fontsize=9)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("epoch")
         ax.set_ylabel("test top-1 (%)")
         ax.grid(alpha=0.3)

@@ -138,7 +138,11 @@ def build_published_report(name: str, opts: Options) -> Report:
     from kdbench.reports.paper import load_published
 
     table, printed, ref = load_published(name, opts.baseline)
-    _finish(table, Options(**{**opts.__dict__, "compare": None}), opts.ari_ref or ref, printed)
+    ari_ref = opts.ari_ref or ref
+    if opts.compare:
+        log.warning("--compare is for results folders; ignored with --table")
+    # the printed ARI column only beside ours when both have the paper's reference
+    _finish(table, Options(**{**opts.__dict__, "compare": None}), ari_ref, printed if ari_ref == ref else None)
     section = Section(table)
     if opts.plots:
         from kdbench.reports.plots import report_plots
