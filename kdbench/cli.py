@@ -321,7 +321,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     import_user_modules(args.imports)
     if args.what == "methods":
         rows = []
-        for name in METHODS.list(args.pattern):
+        for name in METHODS.list(args.pattern) + METHODS.composed(args.pattern):  # then at+kd, ...
             cls = METHODS.get(name)
             doc = (cls.__doc__ or "").strip().splitlines()
             cfg = cls.Config()

@@ -13,7 +13,10 @@ One small class serves every registry (methods, models, datasets, runners):
   import is logged and recorded in :attr:`Registry.failed_plugins`; it never breaks the
   suite.
 * Prefix resolvers handle open-ended families such as ``timm:<name>``; a resolver
-  receives the text after the prefix.
+  receives the text after the prefix. Suffix resolvers build compositions such as
+  ``at+kd`` (:mod:`kdbench.compose`); a resolver receives the text before the suffix and
+  raises ``KeyError``/``ValueError`` (with the reason) for a name it cannot build.
+  Compositions are not in :meth:`Registry.list`; :meth:`Registry.composed` lists them.
 """
 from __future__ import annotations
 
@@ -45,6 +48,7 @@ class Registry:
         self._items: dict[str, Any] = {}
         self._meta: dict[str, dict[str, Any]] = {}
         self._prefixes: dict[str, Callable[[str], Any]] = {}
+        self._suffixes: dict[str, Callable[[str], Any]] = {}
         self._loaded = False
         self._loading = False
         self.failed_plugins: dict[str, str] = {}
@@ -74,6 +78,29 @@ class Registry:
     def register_prefix(self, prefix: str, resolver: Callable[[str], Any]) -> None:
         """Names ``prefix:<rest>`` resolve through ``resolver(rest)`` (e.g. ``timm:``)."""
         self._prefixes[prefix] = resolver
+
+    def register_suffix(self, suffix: str, resolver: Callable[[str], Any]) -> None:
+        """Names ``<name><suffix>`` resolve through ``resolver(name)`` (e.g. ``+kd``)."""
+        self._suffixes[suffix] = resolver
+
+    def _composition(self, name: str) -> tuple[Callable[[str], Any], str] | None:
+        for suffix, resolver in self._suffixes.items():
+            if name.endswith(suffix) and len(name) > len(suffix):
+                return resolver, name[: -len(suffix)]
+        return None
+
+    def composed(self, pattern: str = "*") -> list[str]:
+        """The compositions that can be built from registered names (each suffix after each
+        name), matching ``pattern``."""
+        found = []
+        for name in (n + suffix for suffix in self._suffixes for n in self.list()):
+            if fnmatch.fnmatchcase(name, pattern):
+                try:
+                    if name in self:
+                        found.append(name)
+                except Exception as exc:  # a plugin whose class cannot be composed is left out
+                    log.debug("%s %r cannot be composed: %s", self.kind, name, exc)
+        return found
 
     # -- discovery ----------------------------------------------------------------------
     def _ensure_loaded(self) -> None:
@@ -113,6 +140,10 @@ class Registry:
         prefix, sep, rest = name.partition(":")
         if sep and prefix in self._prefixes:
             return self._prefixes[prefix](rest)
+        composition = self._composition(name)
+        if composition:
+            resolver, base = composition
+            return resolver(base)
         raise UnknownNameError(self.unknown_message(name))
 
     def meta(self, name: str) -> dict[str, Any]:
@@ -125,6 +156,12 @@ class Registry:
         names = self.list()
         if name in self.failed_plugins:
             return f"{self.kind} {name!r} could not be loaded: {self.failed_plugins[name]}"
+        composition = self._composition(name)
+        if composition:
+            try:
+                composition[0](composition[1])
+            except (KeyError, ValueError) as exc:
+                return str(exc) if isinstance(exc, ValueError) else str(exc.args[0])
         close = difflib.get_close_matches(name, names, n=3, cutoff=0.5)
         hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
         extra = "".join(f", {p}:<name>" for p in sorted(self._prefixes))
@@ -139,7 +176,16 @@ class Registry:
         if not isinstance(name, str):
             return False
         prefix, sep, _ = name.partition(":")
-        return name in self._items or bool(sep and prefix in self._prefixes)
+        if name in self._items or bool(sep and prefix in self._prefixes):
+            return True
+        composition = self._composition(name)
+        if composition:
+            try:
+                composition[0](composition[1])
+            except (KeyError, ValueError):
+                return False
+            return True
+        return False
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.list())
@@ -181,6 +227,16 @@ DATASETS = Registry("dataset", ("kdbench.datasets",), "kdbench.datasets")
 RUNNERS = Registry("runner", ("kdbench.runners",), None)
 
 register_method = METHODS.register
+
+
+def _plus_kd(base: str) -> Any:
+    """``<base>+kd``: the method combined with KD (built lazily by :mod:`kdbench.compose`)."""
+    from kdbench.compose import plus_kd
+
+    return plus_kd(base)
+
+
+METHODS.register_suffix("+kd", _plus_kd)
 register_model = MODELS.register
 register_dataset = DATASETS.register
 register_runner = RUNNERS.register

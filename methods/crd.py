@@ -155,15 +155,18 @@ class Embed(nn.Module):
 
 class ContrastSampleData(TrainDataWrapper):
     """Adds ``batch.extras["contrast_idx"]`` (``B × (K+1)``, column 0 = own index, columns
-    1..K = indices of samples from other classes) to every training batch.
+    1..K = indices of samples from other classes) to every training batch; with
+    ``own_index=False`` only the ``B × K`` negatives (HKD's mode ``hkd``).
 
     ``K = min(num_negatives, N − largest class size)``. Sampling is vectorised: the training
     indices sorted by class, each class's start and size; an offset ``u`` uniform in
     ``[0, N − n_c)`` for a sample of class ``c`` skips class ``c``'s block of the sorted index.
     """
 
-    def __init__(self, inner: TrainData, num_negatives: int, without_replacement: bool = False):
+    def __init__(self, inner: TrainData, num_negatives: int, without_replacement: bool = False,
+                 own_index: bool = True):
         super().__init__(inner)
+        self.own_index = bool(own_index)
         labels = self.labels_cpu.to(torch.int64)
         self.num_samples = int(labels.numel())
         num_classes = max(int(self.num_classes), int(labels.max()) + 1 if self.num_samples else 0)
@@ -174,7 +177,7 @@ class ContrastSampleData(TrainDataWrapper):
         self.k = min(int(num_negatives), self.num_samples - self.largest_class)
         self.without_replacement = bool(without_replacement)
         if self.k < 1:
-            raise ValueError(f"CRD needs samples of at least two classes to draw negatives from; the training set has "
+            raise ValueError(f"contrastive negatives need samples of at least two classes; the training set has "
                              f"{self.num_samples} samples, {self.largest_class} of them in its largest class")
 
     def negatives(self, idx_cpu: Tensor, gen: torch.Generator) -> Tensor:
@@ -193,8 +196,11 @@ class ContrastSampleData(TrainDataWrapper):
         return self.order[pos]
 
     def contrast_indices(self, idx_cpu: Tensor, gen: torch.Generator) -> Tensor:
-        """``B × (K+1)``: own index, then :meth:`negatives` (CPU int64)."""
+        """``B × (K+1)``: own index, then :meth:`negatives` (CPU int64); ``B × K`` negatives
+        alone without ``own_index``."""
         idx_cpu = idx_cpu.to(torch.int64)
+        if not self.own_index:
+            return self.negatives(idx_cpu, gen)
         return torch.cat([idx_cpu.unsqueeze(1), self.negatives(idx_cpu, gen)], dim=1)
 
     def make_batch(self, idx_cpu: Tensor, gen: torch.Generator) -> Batch:
