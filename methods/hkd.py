@@ -47,8 +47,8 @@ Defaults (``run_cifar_distill.sh``, ``train_student.py``, ``GNN.py``): ``ce_weig
 
 Deviations from the authors' code (none changes the loss formula)
 -----------------------------------------------------------------
-* No DGL: the batch graph is dense torch (``B × k`` neighbour indices, the mean gathered
-  directly); the layer's weight is initialised as DGL's ``TAGConv`` does (Xavier normal,
+* No DGL: the batch graph is a dense ``B × B`` aggregation matrix (``1/k`` at each node's
+  in-neighbours; batch-sized, so ``A e`` is cheap); the layer's weight is initialised as DGL's ``TAGConv`` does (Xavier normal,
   gain √2; bias as ``nn.Linear``).
 * Ties in the kNN distances are broken towards the lower batch index (a stable sort); the
   reference's ``topk`` leaves the order of ties unspecified.
@@ -99,16 +99,25 @@ def knn_in_neighbours(logits: Tensor, k: int) -> Tensor:
         return torch.sort(dist, dim=1, stable=True).indices[:, :k]
 
 
+def knn_graph(logits: Tensor, k: int) -> Tensor:
+    """The batch graph as its ``B × B`` aggregation matrix: ``A[i, j] = 1/k`` for each of node
+    ``i``'s in-neighbours ``j`` (:func:`knn_in_neighbours`), else 0 — a constant (no gradient)."""
+    neighbours = knn_in_neighbours(logits, k)
+    b = neighbours.shape[0]
+    return torch.zeros(b, b, device=neighbours.device).scatter_(1, neighbours, 1.0 / k)
+
+
 class GraphLayer(nn.Module):
-    """One TAGConv-like layer with one hop, then L2: ``normalise(W [x_i ; mean_{j∈N(i)} x_j] + b)``."""
+    """One TAGConv-like layer with one hop, then L2: ``normalise(W [x_i ; (A x)_i] + b)``, with
+    ``A`` from :func:`knn_graph` (``(A x)_i`` = the mean of ``x`` over node ``i``'s in-neighbours)."""
 
     def __init__(self, dim: int):
         super().__init__()
         self.linear = nn.Linear(2 * dim, dim)
         nn.init.xavier_normal_(self.linear.weight, gain=nn.init.calculate_gain("relu"))
 
-    def forward(self, x: Tensor, neighbours: Tensor) -> Tensor:
-        return F.normalize(self.linear(torch.cat([x, x[neighbours].mean(dim=1)], dim=1)), dim=1)
+    def forward(self, x: Tensor, adjacency: Tensor) -> Tensor:
+        return F.normalize(self.linear(torch.cat([x, adjacency @ x], dim=1)), dim=1)
 
 
 def info_nce(pos: Tensor, neg: Tensor, tau: float) -> Tensor:
@@ -221,8 +230,8 @@ class HKD(Method):
             holistic = e_s.new_zeros(())
             graph = e_s.shape[0] >= cfg.knn
             if graph:
-                g_s = self.graph_s(e_s, knn_in_neighbours(s.logits, cfg.knn))
-                g_t = self.graph_t(e_t, knn_in_neighbours(t.logits, cfg.knn))
+                g_s = self.graph_s(e_s, knn_graph(s.logits, cfg.knn))
+                g_t = self.graph_t(e_t, knn_graph(t.logits, cfg.knn))
                 anchors_s.append(g_s)
                 anchors_t.append(g_t)
             neg_s = self._negative_scores(torch.stack(anchors_s), mem_s, neg)  # student anchors, student bank
