@@ -180,6 +180,19 @@ class ContrastSampleData(TrainDataWrapper):
             raise ValueError(f"contrastive negatives need samples of at least two classes; the training set has "
                              f"{self.num_samples} samples, {self.largest_class} of them in its largest class")
 
+    @classmethod
+    def for_bank(cls, method: str, data: TrainData, bank_rows: int, num_negatives: int, without_replacement: bool,
+                 own_index: bool = True) -> "ContrastSampleData":
+        """``data`` wrapped for ``method``'s memory bank of ``bank_rows`` rows (one per training
+        sample: checked), the effective K logged."""
+        wrapped = cls(data, num_negatives, without_replacement, own_index)
+        if len(wrapped) != bank_rows:
+            raise ValueError(f"{method}: memory bank has {bank_rows} rows but the training set has {len(wrapped)}")
+        log.info("%s: K = %d negatives per sample (requested %d; N = %d, largest class %d; %s replacement)", method,
+                 wrapped.k, num_negatives, wrapped.num_samples, wrapped.largest_class,
+                 "without" if wrapped.without_replacement else "with")
+        return wrapped
+
     def negatives(self, idx_cpu: Tensor, gen: torch.Generator) -> Tensor:
         """``B × K`` indices drawn uniformly from the other classes' samples (CPU int64)."""
         y = self.labels_cpu[idx_cpu]
@@ -264,13 +277,9 @@ class CRD(Method):
         return None
 
     def wrap_train_dataset(self, data: TrainData) -> TrainData:
-        wrapped = ContrastSampleData(data, self.cfg.num_negatives, self.cfg.negatives_without_replacement)
-        if len(wrapped) != self.num_data:
-            raise ValueError(f"crd: memory bank has {self.num_data} rows but the training set has {len(wrapped)}")
+        wrapped = ContrastSampleData.for_bank("crd", data, self.num_data, self.cfg.num_negatives,
+                                              self.cfg.negatives_without_replacement)
         self.k_effective = wrapped.k
-        log.info("crd: K = %d negatives per sample (requested %d; N = %d, largest class %d; %s replacement)",
-                 wrapped.k, self.cfg.num_negatives, wrapped.num_samples, wrapped.largest_class,
-                 "without" if wrapped.without_replacement else "with")
         return wrapped
 
     # -- the loss -------------------------------------------------------------------------

@@ -67,7 +67,6 @@ Deviations from the authors' code (none changes the loss formula)
 """
 from __future__ import annotations
 
-import logging
 import math
 from dataclasses import dataclass
 
@@ -81,7 +80,6 @@ from kdbench.methods.crd import DENSE_SCORING_RATIO, ContrastSampleData, Embed, 
 from kdbench.registry import register_method
 from kdbench.taps import Outputs, TapInfo
 
-log = logging.getLogger(__name__)
 
 #: the clamp of the norm product in the reference's cosine distance
 COS_EPS = 1e-7
@@ -189,13 +187,9 @@ class HKD(Method):
         return None
 
     def wrap_train_dataset(self, data: TrainData) -> TrainData:
-        wrapped = ContrastSampleData(data, self.cfg.num_negatives, self.cfg.negatives_without_replacement,
-                                     own_index=False)
-        if len(wrapped) != self.num_data:
-            raise ValueError(f"hkd: memory bank has {self.num_data} rows but the training set has {len(wrapped)}")
+        wrapped = ContrastSampleData.for_bank("hkd", data, self.num_data, self.cfg.num_negatives,
+                                              self.cfg.negatives_without_replacement, own_index=False)
         self.k_effective = wrapped.k
-        log.info("hkd: K = %d negatives per sample (requested %d; N = %d, largest class %d)",
-                 wrapped.k, self.cfg.num_negatives, wrapped.num_samples, wrapped.largest_class)
         return wrapped
 
     def run_info(self) -> dict[str, int]:

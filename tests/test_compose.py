@@ -2,7 +2,6 @@
 its own run key, row and list entry; methods that already weight KD are not composed twice."""
 import dataclasses
 import json
-import math
 import re
 from pathlib import Path
 
@@ -20,17 +19,8 @@ from kdbench.store import Store
 from kdbench.train import configure_phase, phase_losses
 
 from harness import build
+from test_method_crd import naive_kd  # T² · mean_b Σ p_t log(p_t/p_s), from loops
 from test_methods_generic import test_one_backward_reaches_every_trainable_parameter_and_never_the_teacher as one_backward
-
-
-def naive_kd(zs, zt, T):
-    """T² · mean_b Σ_c p_t log(p_t/p_s) with p = softmax(z/T), from loops."""
-    total = 0.0
-    for a, b in zip(zs, zt):
-        es, et = [math.exp(v / T) for v in a], [math.exp(v / T) for v in b]
-        ps, pt = [v / sum(es) for v in es], [v / sum(et) for v in et]
-        total += sum(p * math.log(p / q) for p, q in zip(pt, ps))
-    return T * T * total / len(zs)
 
 
 def main_terms(setup):

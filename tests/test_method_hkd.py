@@ -16,14 +16,6 @@ from kdbench.taps import Outputs, TapInfo
 from harness import build, main_step_with_trainable_teacher, random_image_data
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # ---------------------------------------------------------------------------------------------
 # naive references, written from the formulas (REFERENCE §7)
 # ---------------------------------------------------------------------------------------------
