@@ -61,7 +61,11 @@ def plus_kd(base_name: str) -> type[Method]:
 def composition_problem(base: type[Method]) -> str | None:
     """Why ``base`` cannot be combined with KD, or ``None``."""
     name = f"{base.name}{SUFFIX}"
-    if not base.needs(base.Config()).teacher:
+    try:
+        needs = base.needs(base.Config())
+    except TypeError as exc:  # a plugin whose Config has options without defaults
+        return f"{name}: {base.name}'s Config cannot be built with its defaults ({exc})"
+    if not needs.teacher:
         return f"{name}: {base.name} trains without a teacher; KD needs one (use kd)"
     default = {f.name: f.default for f in dataclasses.fields(base.Config)}.get("kd_weight")
     if isinstance(default, (int, float)) and default > 0:
