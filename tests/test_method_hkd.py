@@ -14,6 +14,7 @@ from kdbench.methods import hkd
 from kdbench.taps import Outputs, TapInfo
 
 from harness import build, main_step_with_trainable_teacher, random_image_data
+from harness import cifar_info as measured
 
 
 # ---------------------------------------------------------------------------------------------
@@ -341,3 +342,22 @@ def test_banks_are_checkpointed_buffers_and_defaults_follow_the_authors():
 def test_config_range_checks(bad):
     with pytest.raises(ValueError):
         resolve_config(hkd.HKD, bad)
+
+
+HKD_PAIRS = [("resnet32x4", "resnet8x4"), ("resnet32x4", "shufflev2"), ("vgg13", "mobilenetv2"),
+             ("resnet50", "vgg8"), ("resnet50", "mobilenetv2"), ("vgg13", "vgg8")]  # Tables 1 and 2
+
+
+def test_hkd_and_cc_serve_the_hkd_papers_pairs_with_heads_sized_from_the_measured_embeddings():
+    from kdbench.methods.cc import CC
+
+    for t, s in HKD_PAIRS:
+        assert hkd.HKD.check(hkd.HKD.Config(), measured(t), measured(s)) is None, (t, s)
+        assert CC.check(CC.Config(), measured(t), measured(s)) is None, (t, s)
+    t_info, s_info = measured("resnet32x4"), measured("shufflev2")  # embeddings 256 and 1024
+    ctx = MethodContext(num_classes=100, num_train_samples=40, device=torch.device("cpu"), epochs=1,
+                        steps_per_epoch=1, teacher_arch="resnet32x4", student_arch="shufflev2", dataset="x",
+                        input_size=(3, 32, 32), train_labels=torch.arange(40) % 4)
+    m = hkd.HKD(hkd.HKD.Config(), t_info, s_info, ctx)
+    assert m.memory_student.shape == m.memory_teacher.shape == (40, 128)
+    assert m.extra_parameters() == (1024 + 1) * 128 + (256 + 1) * 128 + 2 * (256 + 1) * 128  # banks are buffers
