@@ -229,34 +229,54 @@ def test_the_paper_grid_is_a_handful_of_sbatch_calls_and_a_rerun_submits_nothing
     assert m and int(m.group(1)) == 368 and int(m.group(2)) == n_calls
 
 
+def first_checkpoint_of(run_dir_glob: str, out: Path, timeout: float = 300) -> tuple[Path, str]:
+    """Wait until the run matching ``run_dir_glob`` under ``out/runs`` has written an epoch
+    checkpoint and no result; return its folder and its job id."""
+    def ready():
+        for run_dir in (out / "runs").glob(run_dir_glob):
+            lines = (run_dir / "metrics.jsonl").read_text().splitlines() if (run_dir / "metrics.jsonl").exists() else []
+            if lines and (run_dir / "ckpt.pt").exists() and (run_dir / "job.json").exists():
+                return run_dir
+        return None
+
+    run_dir = wait_for(ready, timeout, f"an epoch checkpoint of {run_dir_glob}", every=0.2)
+    return run_dir, read_job_record(run_dir)["job_id"]
+
+
 @pytest.mark.slow
 def test_time_limits_requeue_from_the_checkpoint_up_to_the_configured_count(cluster, tmp_path):
-    """A 2-minute time limit with the USR2 warning 80 s before it: each incarnation of a
-    30-epoch run gets ~40 s. With max_requeues 10 the run is requeued until it finishes,
-    identical to an uninterrupted run; with max_requeues 0 it fails at its first time-out,
-    as a failed row. (The teacher is trained beforehand, without a limit.)"""
+    """What Slurm sends before a job's time limit (USR2, --signal=USR2@delay) is sent after
+    the first epoch checkpoint. With a time limit of at most 10 minutes submitit counts every
+    USR2 as a time-out. max_requeues 2: the job is requeued and resumes, ending identical to
+    an uninterrupted run. max_requeues 0: it is not requeued and the run is a failed row."""
     import shutil
 
-    args = ["--methods", "kd", "--epochs", "30", "--teacher-epochs", "1", "--no-progress"]
+    args = ["--methods", "kd", "--epochs", "6", "--teacher-epochs", "1", "--no-progress"]
     assert main(["run", *args, "--seeds", "1", "--out", str(tmp_path / "inline")]) == 0  # the reference, seed 0
     out = tmp_path / "slurm"
     teacher = Path("runs/digits/none__resnet20")
-    shutil.copytree(tmp_path / "inline" / teacher, out / teacher)
-    grid = slurm_grid(tmp_path, timeout_min=2, signal_delay_s=80, max_requeues=10)
-    assert main(["run", "--grid", str(grid), *args, "--seeds", "1", "--out", str(out)]) == 0
-    (tmp_path / "strict").mkdir()
-    strict = slurm_grid(tmp_path / "strict", timeout_min=2, signal_delay_s=80, max_requeues=0, wait=True,
-                        wait_timeout_min=20)
-    assert main(["run", "--grid", str(strict), *args, "--seeds", "0,1", "--out", str(out)]) == 1
-    rows = {(r["method"], r["seed"]): r for r in Store(out).iter_results() if r["student"] == "resnet8"}
-    done = rows[("kd", 0)]
+    shutil.copytree(tmp_path / "inline" / teacher, out / teacher)  # trained beforehand
+
+    assert main(["run", "--grid", str(slurm_grid(tmp_path, timeout_min=10, max_requeues=2)), *args, "--seeds", "1",
+                 "--out", str(out)]) == 0
+    kd_dir, job_id = first_checkpoint_of("digits/resnet20__resnet8/kd/s0-*", out)
+    subprocess.run(["scancel", job_id, "--signal", "USR2"], check=True)
+    wait_for(lambda: Store.result(kd_dir), 600, "the requeued kd job's result", every=2)
+    done = {**Store.result(kd_dir), "run_dir": str(kd_dir)}
     assert done["status"] == "done" and done["resumed_from"] is not None, done
-    history = sacct([done["submitted"]["job_id"]], "JobID,State", duplicates=True)
-    assert len(history) >= 2 and history[0]["State"] == "REQUEUED", history
-    failed = rows[("kd", 1)]
-    assert failed["status"] == "failed" and "timed-out too many times" in failed["error"], failed
+    history = sacct([job_id], "JobID,State", duplicates=True)
+    assert history[0]["State"] == "REQUEUED" and len(history) >= 2, history
     inline = next(r for r in Store(tmp_path / "inline").iter_results() if r["method"] == "kd")
     assert inline["top1_last"] == done["top1_last"] and same_weights(done, inline)
+
+    (tmp_path / "strict").mkdir()
+    strict = slurm_grid(tmp_path / "strict", timeout_min=10, max_requeues=0)
+    assert main(["run", "--grid", str(strict), *args, "--seeds", "0,1", "--out", str(out)]) == 0
+    kd1_dir, job1 = first_checkpoint_of("digits/resnet20__resnet8/kd/s1-*", out)
+    subprocess.run(["scancel", job1, "--signal", "USR2"], check=True)
+    wait_for(lambda: Store.result(kd1_dir), 300, "the kd seed-1 job's result", every=2)
+    failed = Store.result(kd1_dir)
+    assert failed["status"] == "failed" and "timed-out too many times" in failed["error"], failed
 
 
 @pytest.mark.slow
