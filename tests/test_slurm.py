@@ -285,7 +285,7 @@ def test_time_limits_requeue_from_the_checkpoint_up_to_the_configured_count(clus
     assert failed["status"] == "failed" and "timed-out too many times" in failed["error"], failed
 
 
-@pytest.mark.slow
+@pytest.mark.slurm_long  # ~10 min on an idle 2-core machine; run with `pytest -m slurm_long`
 def test_the_whole_digits_grid_on_slurm_gives_the_inline_leaderboard(cluster, tmp_path, capsys):
     """Every registered method, 2 seeds (1-epoch schedule to bound the time): the Slurm
     runner and the inline runner give the same keys, accuracies and leaderboard."""
