@@ -133,6 +133,11 @@ def write_job_record(run_dir: Path, runner: str, job_id: str, paths: dict[str, s
                                       "submit_host": socket.gethostname(), **info, "previous": previous})
 
 
+def job_paths(job: Any) -> dict[str, str]:
+    """The log files of a submitit job, as recorded in ``job.json``."""
+    return {"stdout": str(job.paths.stdout), "stderr": str(job.paths.stderr)}
+
+
 def read_job_record(run_dir: Path) -> dict[str, Any] | None:
     record = read_json(run_dir / JOB)
     return record if isinstance(record, dict) and record.get("job_id") else None

@@ -25,9 +25,9 @@ from typing import Any, Callable, Iterable, Protocol, Sequence
 import submitit
 
 from kdbench.registry import register_runner
-from kdbench.run import run_label
+from kdbench.run import git_sha, run_label
 from kdbench.runners.base import Planned, check_datasets, outcome, plan, rows_of
-from kdbench.runners.jobs import JobOptions, RunJob, log_tail, write_job_record
+from kdbench.runners.jobs import JobOptions, RunJob, job_paths, log_tail, write_job_record
 from kdbench.spec import RunSpec
 from kdbench.store import Store
 
@@ -115,7 +115,7 @@ class LocalRunner:
             parallel = len(gpus)
         threads = self.cpus_per_job or max(1, (os.cpu_count() or 1) // parallel)
         job_options = dataclasses.replace(options, threads=threads, device="cuda" if gpus else options.device,
-                                          submitted={"runner": self.name, "git_sha": _git_sha()})
+                                          submitted={"runner": self.name, "git_sha": git_sha()})
         executor = submitit.LocalExecutor(folder=store.root / "jobs" / "local")
         log.info("local runner: %d of %d runs to do, %d at a time (%s)", len(todo), len(planned), parallel,
                  f"one GPU each of {gpus}" if gpus else f"{threads} CPU thread(s) each")
@@ -123,13 +123,13 @@ class LocalRunner:
         def start(item: Planned, slot: int) -> Any:
             executor.update_parameters(**self.job_parameters(slot, gpus), name=f"kdbench-{item.spec.method}")
             job = executor.submit(RunJob(item.spec, job_options, teacher=item.teacher))
-            write_job_record(item.run_dir, self.name, str(job.job_id), _paths(job), git_sha=_git_sha(),
+            write_job_record(item.run_dir, self.name, str(job.job_id), job_paths(job), git_sha=git_sha(),
                              gpu=gpus[slot] if gpus else None)
             log.info("started %s (pid %s)", run_label(item.spec, teacher=item.teacher), job.job_id)
             return job
 
         def finished(item: Planned, job: Any) -> None:
-            row = rows_of([dataclasses.replace(item, state="")], options)[0]
+            row = rows_of([item], options)[0]
             if row.get("status") in ("done", "skipped", "failed"):
                 log.info("%s: %s", run_label(item.spec, teacher=item.teacher), outcome(row))
             else:
@@ -147,13 +147,3 @@ class LocalRunner:
                 job.cancel()
             raise
         return rows_of(planned, options)
-
-
-def _paths(job: Any) -> dict[str, str]:
-    return {"stdout": str(job.paths.stdout), "stderr": str(job.paths.stderr)}
-
-
-def _git_sha() -> str | None:
-    from kdbench.run import git_sha
-
-    return git_sha()

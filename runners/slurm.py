@@ -36,7 +36,7 @@ import submitit
 from kdbench.registry import register_runner
 from kdbench.run import git_sha, run_label
 from kdbench.runners.base import Planned, check_datasets, plan, rows_of
-from kdbench.runners.jobs import JobOptions, RunJob, read_job_record, write_job_record
+from kdbench.runners.jobs import JobOptions, RunJob, job_paths, read_job_record, write_job_record
 from kdbench.runners.scheduler import ACTIVE_STATES, max_array_size, slurm_states
 from kdbench.spec import RunSpec
 from kdbench.store import Store
@@ -189,8 +189,7 @@ class SlurmRunner:
         with ex.batch():
             jobs = [ex.submit(RunJob(p.spec, options, teacher=p.teacher)) for p in part]
         for p, job in zip(part, jobs):
-            write_job_record(p.run_dir, self.name, str(job.job_id),
-                             {"stdout": str(job.paths.stdout), "stderr": str(job.paths.stderr)}, git_sha=sha,
+            write_job_record(p.run_dir, self.name, str(job.job_id), job_paths(job), git_sha=sha,
                              dependency=dependency, teacher=p.teacher)
         log.info("submitted %d %s run(s) as Slurm array %s%s", len(part), role[:-1], str(jobs[0].job_id).split("_")[0],
                  f" after {dependency}" if dependency else "")
