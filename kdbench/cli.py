@@ -12,6 +12,7 @@ from typing import Any, Sequence
 from kdbench.data import DatasetError
 from kdbench.grid import PAIR_PRESETS, Grid, GridError, build_grid, load_grid_file, with_overrides
 from kdbench.registry import DATASETS, METHODS, MODELS, RUNNERS, UnknownNameError, import_user_modules
+from kdbench.runners.scheduler import SlurmUnavailable
 
 log = logging.getLogger("kdbench")
 
@@ -395,7 +396,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(args.verbose, args.quiet)
     try:
         return COMMANDS[args.command](args)
-    except (GridError, UnknownNameError, DatasetError, ValueError, ImportError, FileNotFoundError) as exc:
+    except (GridError, UnknownNameError, DatasetError, ValueError, ImportError, FileNotFoundError,
+            SlurmUnavailable) as exc:
         log.error("%s", exc)
         return 2
     except KeyboardInterrupt:

@@ -45,6 +45,16 @@ def slurm_available() -> bool:
     return out.returncode == 0 and "UP" in out.stdout
 
 
+def require_slurm() -> None:
+    """Raise :class:`SlurmUnavailable` unless the Slurm commands are here and a controller
+    answers ``scontrol ping``."""
+    out = _run(["scontrol", "ping"], timeout=20)
+    if out.returncode != 0 or "UP" not in out.stdout:
+        reply = (out.stdout + out.stderr).strip().splitlines()
+        raise SlurmUnavailable(f"no Slurm controller answers `scontrol ping` here ({reply[-1] if reply else 'no reply'}); "
+                               "run on a Slurm login node, or use --runner local")
+
+
 def max_array_size() -> int:
     """The cluster's ``MaxArraySize`` (an array may use task ids 0 … MaxArraySize-1)."""
     out = _run(["scontrol", "show", "config"])

@@ -37,7 +37,7 @@ from kdbench.registry import register_runner
 from kdbench.run import git_sha, run_label
 from kdbench.runners.base import Planned, check_datasets, plan, rows_of
 from kdbench.runners.jobs import JobOptions, RunJob, job_paths, read_job_record, write_job_record
-from kdbench.runners.scheduler import ACTIVE_STATES, max_array_size, slurm_states
+from kdbench.runners.scheduler import ACTIVE_STATES, max_array_size, require_slurm, slurm_states
 from kdbench.spec import RunSpec
 from kdbench.store import Store
 
@@ -121,6 +121,7 @@ class SlurmRunner:
         return ex
 
     def submit(self, specs: list[RunSpec], options: JobOptions) -> list[dict[str, Any]]:
+        require_slurm()  # before anything is loaded, written or submitted
         store = Store(options.out)
         check_datasets(specs, options.session())  # here, before any job is started
         planned = plan(specs, store)

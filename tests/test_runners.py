@@ -268,3 +268,11 @@ def test_status_reads_slurm_states_of_queued_and_dead_jobs(tmp_path, capsys, mon
     code = main(["status", *ONE_EPOCH[:-2], "--out", str(tmp_path)])
     out = capsys.readouterr().out
     assert code == 0 and "1 pending, 1 running of 2 runs" in out and "queued (pending)" in out
+
+
+def test_the_slurm_runner_without_slurm_is_a_one_line_error(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))  # no scontrol, squeue, sbatch
+    code = main(["run", "--runner", "slurm", *ONE_EPOCH[:-1], "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert code == 2 and "`scontrol` is not on PATH: run on a Slurm login node, or use --runner local" in err
+    assert "Traceback" not in err and not (tmp_path / "o" / "runs").exists()
