@@ -51,7 +51,8 @@ def require_slurm() -> None:
     out = _run(["scontrol", "ping"], timeout=20)
     if out.returncode != 0 or "UP" not in out.stdout:
         reply = (out.stdout + out.stderr).strip().splitlines()
-        raise SlurmUnavailable(f"no Slurm controller answers `scontrol ping` here ({reply[-1] if reply else 'no reply'}); "
+        last = reply[-1] if reply else "no reply"
+        raise SlurmUnavailable(f"no Slurm controller answers `scontrol ping` here ({last}); "
                                "run on a Slurm login node, or use --runner local")
 
 
