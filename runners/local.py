@@ -81,9 +81,11 @@ class LocalRunner:
         self.cpus_per_job = cpus_per_job
         self.poll_s = poll_s
         if self.timeout_min <= 0:
-            raise ValueError(f"local runner: timeout_min must be positive, not {timeout_min}")
-        if max_parallel is not None and int(max_parallel) < 1:
-            raise ValueError(f"local runner: --max-parallel must be at least 1, not {max_parallel}")
+            raise ValueError(f"timeout_min must be positive, not {timeout_min}")
+        if max_parallel is not None and (isinstance(max_parallel, bool) or not isinstance(max_parallel, int)):
+            raise ValueError(f"--max-parallel must be an integer, not {max_parallel!r}")
+        if max_parallel is not None and max_parallel < 1:
+            raise ValueError(f"--max-parallel must be at least 1, not {max_parallel}")
 
     def job_parameters(self, slot: int, gpus: Sequence[int]) -> dict[str, Any]:
         """LocalExecutor parameters of the job started in ``slot``: the time limit, and with
