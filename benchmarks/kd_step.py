@@ -3,7 +3,7 @@ the same step written as a plain hand-written PyTorch loop.
 
 Setting (issue #2): resnet32x4 → resnet8x4, batch 64, 32×32 inputs, 100 classes, CPU,
 torch's default thread count. Both sides start from identical weights and see the same
-number of steps. kdbench's side is its real training epoch (``Trainer.train_epoch``):
+number of steps. kdbench's side is its real training epoch (``Column.train_epoch``):
 batch cutting, on-device crop/flip and normalisation, tapped forwards, the method's loss,
 bookkeeping. The hand-written side gets its batches *pre-built* (so its data work is
 free, a conservative comparison) — a second figure gives it the same augmentation work.
@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from kdbench.column import Column
 from kdbench.data import Augment, ImageData, TrainData, epoch_generator
 from kdbench.method import MethodContext
 from kdbench.config import resolve_config
@@ -35,7 +36,7 @@ from kdbench.models import create_model
 from kdbench.registry import METHODS
 from kdbench.spec import Recipe
 from kdbench.taps import measure
-from kdbench.train import Env, Progress, Trainer, phase_plan
+from kdbench.train import Env, Progress, Trainer
 
 log = logging.getLogger("benchmarks.kd_step")
 
@@ -65,10 +66,13 @@ def build_trainer(method: str, teacher, student, data: ImageData, batch: int, ru
 
 
 def kdbench_epoch(trainer: Trainer, epoch: int) -> float:
-    stage = phase_plan(trainer.method, 240)[-1]
-    opt = trainer.begin_phase(stage)
+    """Seconds per step of the engine's training epoch ``epoch`` of the main phase (the
+    steps only: no evaluation, no checkpoint)."""
+    trainer.load_state()
+    trainer.next_phase, trainer.next_epoch = trainer.main_index(), epoch
+    column = Column([trainer])
     t0 = time.perf_counter()
-    trainer.train_epoch(len(trainer.phase_list) - 1, stage, epoch, opt, Progress(0, 0, "", False))
+    column.train_epoch([trainer], Progress(0, 0, "", False))
     return (time.perf_counter() - t0) / trainer.train_data.steps_per_epoch()
 
 

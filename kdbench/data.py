@@ -20,7 +20,12 @@ last — how to get a good copy.
 
 A method that needs more from the data (CRD's negatives, CCD's second view) wraps the
 :class:`TrainData` through ``Method.wrap_train_dataset`` and overrides
-:meth:`TrainData.make_batch`.
+:meth:`TrainData.extend`. A batch is built in two steps so that every method of a grid
+column sees the same standard batch and a fused column (:mod:`kdbench.column`) builds it
+once: :meth:`TrainData.base_batch` cuts, augments and normalises the standard batch from
+the shared epoch generator; :meth:`TrainData.extend` adds what one method needs, drawing
+its own randomness from the method's own generator (:func:`member_generator`), never from
+the shared stream.
 """
 from __future__ import annotations
 
@@ -184,15 +189,33 @@ class Batch:
     y: Tensor
     index: Tensor
     extras: dict[str, Tensor] = field(default_factory=dict)
+    #: the standard-augmented uint8 rows ``x`` was normalised from, and the rows' indices on
+    #: the CPU (set by :meth:`TrainData.base_batch`, for :meth:`TrainData.extend`)
+    source: Tensor | None = None
+    index_cpu: Tensor | None = None
 
     def __len__(self) -> int:
         return self.x.shape[0]
+
+    def copy(self) -> "Batch":
+        """A shallow copy with its own ``extras`` dict (tensors are shared, not copied)."""
+        return dataclasses.replace(self, extras=dict(self.extras))
 
 
 def epoch_generator(seed: int, stage: int, epoch: int) -> torch.Generator:
     """A CPU generator determined by (seed, stage, epoch) alone (exact resume)."""
     g = torch.Generator()
     g.manual_seed((seed * 1_000_003 + stage * 10_007 + epoch) % (2**63 - 1))
+    return g
+
+
+def member_generator(seed: int, stage: int, epoch: int, member: str) -> torch.Generator:
+    """A method's own CPU generator for the extra draws of its batches (CRD's negatives,
+    CCD's second view), determined by (seed, stage, epoch, method name) alone and
+    independent of the shared :func:`epoch_generator` stream."""
+    salt = int.from_bytes(hashlib.sha256(member.encode()).digest()[:6], "big")
+    g = torch.Generator()
+    g.manual_seed((seed * 1_000_003 + stage * 10_007 + epoch + salt * 7_919) % (2**63 - 1))
     return g
 
 
@@ -308,23 +331,49 @@ class TrainData:
         """The standard-augmented uint8 batch for these indices (before normalisation)."""
         return augment_batch(self.images[idx_cpu.to(self.device)], self.augment, gen)
 
-    def make_batch(self, idx_cpu: Tensor, gen: torch.Generator) -> Batch:
-        x = self.normalize(self.augmented_uint8(idx_cpu, gen), self.memory_format)
+    def base_batch(self, idx_cpu: Tensor, gen: torch.Generator) -> Batch:
+        """The standard batch of rows ``idx_cpu``: augmented with draws from ``gen`` (the
+        shared stream), normalised; ``source`` keeps the augmented uint8 rows."""
+        source = self.augmented_uint8(idx_cpu, gen)
+        x = self.normalize(source, self.memory_format)
         idx = idx_cpu.to(self.device, non_blocking=True)
-        return Batch(x=x, y=self.labels[idx], index=idx)
+        return Batch(x=x, y=self.labels[idx], index=idx, source=source, index_cpu=idx_cpu)
 
-    def epoch(self, gen: torch.Generator) -> Iterator[Batch]:
+    def extend(self, batch: Batch, own: torch.Generator) -> Batch:
+        """What this method adds to a standard batch (nothing here), drawing from ``own``.
+        Wrappers call ``self.inner.extend`` first; ``batch`` is theirs to change (the column
+        hands every member its own :meth:`Batch.copy`)."""
+        return batch
+
+    def make_batch(self, idx_cpu: Tensor, gen: torch.Generator, own: torch.Generator | None = None) -> Batch:
+        """The method's batch of rows ``idx_cpu``: :meth:`base_batch` from ``gen``, then
+        :meth:`extend` with draws from ``own`` (default: ``gen`` again, after the base draws)."""
+        return self.extend(self.base_batch(idx_cpu, gen), gen if own is None else own)
+
+    def base_epoch(self, gen: torch.Generator) -> Iterator[Batch]:
+        """The standard batches of an epoch (order and augmentation from ``gen``)."""
         for idx in self.epoch_indices(gen):
-            yield self.make_batch(idx, gen)
+            yield self.base_batch(idx, gen)
+
+    def epoch(self, gen: torch.Generator, own: torch.Generator | None = None) -> Iterator[Batch]:
+        """The method's batches of an epoch (see :meth:`make_batch`)."""
+        for idx in self.epoch_indices(gen):
+            yield self.make_batch(idx, gen, own)
 
 
 class TrainDataWrapper(TrainData):
     """Base for method-side wrappers: shares the wrapped data's tensors, overrides
-    :meth:`make_batch`. Call ``super().make_batch`` for the standard batch."""
+    :meth:`extend` (calling ``self.inner.extend`` first)."""
 
     def __init__(self, inner: TrainData):  # noqa: D107 - shares state, no copy
         self.__dict__.update(inner.__dict__)
         self.inner = inner
+
+    def base_batch(self, idx_cpu: Tensor, gen: torch.Generator) -> Batch:
+        return self.inner.base_batch(idx_cpu, gen)
+
+    def extend(self, batch: Batch, own: torch.Generator) -> Batch:
+        return self.inner.extend(batch, own)
 
 
 class EvalData:

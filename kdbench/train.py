@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from kdbench.data import EvalData, TrainData, epoch_generator
+from kdbench.data import EvalData, TrainData
 from kdbench.method import Method, Needs, Phase, StepInfo
 from kdbench.models import classifier_parameters
 from kdbench.spec import Recipe
@@ -155,10 +155,19 @@ class Progress:
 
 @dataclass
 class TrainResult:
+    """What training a run produced. ``wall_time`` is the run's own compute plus its share
+    of the work it shared with the other members of a fused column (:mod:`kdbench.column`);
+    ``own_time`` and ``shared_time`` split it; ``train_time`` is the part spent training
+    (no evaluation)."""
+
     history: list[dict[str, Any]]
     wall_time: float
     train_time: float
     resumed_from: tuple[int, int] | None = None
+    own_time: float = 0.0
+    shared_time: float = 0.0
+    fused: bool = False
+    column_size: int = 1
 
     def main_epochs(self) -> list[dict[str, Any]]:
         return [h for h in self.history if h["phase"] == "main"]
@@ -210,21 +219,32 @@ def set_phase_modes(student: nn.Module, method: Method, teacher: nn.Module | Non
         teacher.eval()
 
 
+def teacher_outputs(out: Outputs, needs: Needs) -> Outputs:
+    """The teacher's outputs as a method that ``needs`` these taps sees them: without the
+    spatial maps a non-spatial method never reads, without pre-activations unless it asks
+    for them (a fused column runs the teacher once with the union of its members' taps)."""
+    out = keep_needed(out, needs)
+    if out.preact is not None and not needs.preact:
+        out = Outputs(logits=out.logits, embedding=out.embedding, stages=out.stages, stem=out.stem, extras=out.extras)
+    return out
+
+
 def phase_losses(student: nn.Module | None, teacher: nn.Module | None, phase: Phase, batch, info: StepInfo,
-                 method: Method) -> tuple[Any, dict[str, Tensor]]:
+                 method: Method, teacher_out: Outputs | None = None) -> tuple[Any, dict[str, Tensor]]:
     """One step's forward passes and named loss terms (CE first when the phase uses it).
 
     The teacher runs first, under ``no_grad``, and keeps only the taps the method needs
     (logits and embedding always; stage maps, stem and pre-activations only for spatial
     methods), so its large activations are freed before the student's forward reuses the
-    memory. The student runs through ``method.student_forward`` (a plain ``forward_taps``
-    unless the method's student needs more, e.g. the GNN's batch graph).
-    ``student=None`` skips the student (phases that train only method modules)."""
+    memory; ``teacher_out`` given (a fused column's shared forward) replaces it. The
+    student runs through ``method.student_forward`` (a plain ``forward_taps`` unless the
+    method's student needs more, e.g. the GNN's batch graph). ``student=None`` skips the
+    student (phases that train only method modules)."""
     needs = method.taps
-    t = None
-    if teacher is not None:
+    t = teacher_out
+    if t is None and teacher is not None:
         with torch.no_grad():
-            t = keep_needed(teacher.forward_taps(batch.x, preact=needs.preact), needs)
+            t = teacher_outputs(teacher.forward_taps(batch.x, preact=needs.preact), needs)
     s = method.student_forward(student, batch, t, needs.preact) if student is not None else None
     terms = phase.loss(s, t, batch, info)
     if phase.ce_weight and s is not None:
@@ -290,57 +310,98 @@ class Trainer:
 
     # -- public -------------------------------------------------------------------------
     def fit(self) -> TrainResult:
-        state = self._load_checkpoint()
-        history: list[dict[str, Any]] = state["history"] if state else []
-        wall, train_time = (state["wall_time"], state["train_time"]) if state else (0.0, 0.0)
-        start_phase, start_epoch = (state["phase_idx"], state["epoch"] + 1) if state else (0, 1)
-        if state and start_epoch > self.phase_list[start_phase].epochs:
-            start_phase, start_epoch = start_phase + 1, 1
-        resumed_from = (state["phase_idx"], state["epoch"]) if state else None
-        steps = self.train_data.steps_per_epoch()
-        total_epochs = sum(p.epochs for p in self.phase_list)
-        done_epochs = sum(p.epochs for p in self.phase_list[:start_phase]) + start_epoch - 1
-        progress = Progress(total_epochs * steps, done_epochs * steps, self.desc, self._progress_enabled())
-        session_start, session_epochs = time.perf_counter(), 0
-        try:
-            for pi in range(start_phase, len(self.phase_list)):
-                phase = self.phase_list[pi]
-                if phase.epochs == 0:
-                    continue
-                optimizer = self.begin_phase(phase)
-                first = start_epoch if pi == start_phase else 1
-                if state and pi == state["phase_idx"] and first > 1:
-                    optimizer.load_state_dict(state["optimizer"])
-                for epoch in range(first, phase.epochs + 1):
-                    t0 = time.perf_counter()
-                    record = self.train_epoch(pi, phase, epoch, optimizer, progress)
-                    train_time += time.perf_counter() - t0
-                    if phase.name == "main":
-                        record.update(self.evaluate())
-                    wall += time.perf_counter() - t0
-                    record["wall_time"] = round(wall, 3)
-                    history.append(record)
-                    self._save_checkpoint(pi, epoch, optimizer, history, wall, train_time)
-                    progress.note(**{k: record[k] for k in ("test_top1",) if k in record})
-                    done_epochs, session_epochs = done_epochs + 1, session_epochs + 1
-                    per_epoch = (time.perf_counter() - session_start) / session_epochs
-                    self._log_epoch(record, phase, total_epochs, done_epochs, wall,
-                                    per_epoch * (total_epochs - done_epochs))
-        finally:
-            progress.close()
-        return TrainResult(history=history, wall_time=wall, train_time=train_time, resumed_from=resumed_from)
+        """Train this run alone (a column of one, :class:`kdbench.column.Column`): resumes
+        from the last epoch checkpoint in ``run_dir`` if there is one."""
+        from kdbench.column import Column
 
-    def _log_epoch(self, record: dict[str, Any], phase: Phase, total_epochs: int, done_epochs: int, wall: float,
-                   eta: float) -> None:
+        result = Column([self]).fit()[0]
+        assert isinstance(result, TrainResult)
+        return result
+
+    # -- state of the run (what a column drives) -----------------------------------------
+    def load_state(self) -> None:
+        """Read the checkpoint (if any) and set where training goes on."""
+        state = self._load_checkpoint()
+        self.history: list[dict[str, Any]] = state["history"] if state else []
+        self.wall, self.train_time = (state["wall_time"], state["train_time"]) if state else (0.0, 0.0)
+        self.own_time = state.get("own_time", self.wall) if state else 0.0
+        self.shared_time = state.get("shared_time", 0.0) if state else 0.0
+        self.resumed_from = (state["phase_idx"], state["epoch"]) if state else None
+        self._saved_optimizer = (state["phase_idx"], state["optimizer"]) if state else None
+        self.next_phase, self.next_epoch = (state["phase_idx"], state["epoch"] + 1) if state else (0, 1)
+        self._optimizer: tuple[int, torch.optim.Optimizer] | None = None
+        self._skip_finished_phases()
+
+    def _skip_finished_phases(self) -> None:
+        while self.next_phase < len(self.phase_list) and self.next_epoch > self.phase_list[self.next_phase].epochs:
+            self.next_phase, self.next_epoch = self.next_phase + 1, 1
+
+    def main_index(self) -> int:
+        return len(self.phase_list) - 1
+
+    def finished(self) -> bool:
+        return self.next_phase >= len(self.phase_list)
+
+    def total_epochs(self) -> int:
+        return sum(p.epochs for p in self.phase_list)
+
+    def done_epochs(self) -> int:
+        if self.finished():
+            return self.total_epochs()
+        return sum(p.epochs for p in self.phase_list[:self.next_phase]) + self.next_epoch - 1
+
+    def phase_optimizer(self, pi: int) -> torch.optim.Optimizer:
+        """The optimizer of phase ``pi``: built when the phase begins (or resumes, with the
+        checkpoint's state), then kept for its epochs."""
+        if self._optimizer is None or self._optimizer[0] != pi:
+            optimizer = self.begin_phase(self.phase_list[pi])
+            if self._saved_optimizer is not None and self._saved_optimizer[0] == pi:
+                optimizer.load_state_dict(self._saved_optimizer[1])
+            self._saved_optimizer = None
+            self._optimizer = (pi, optimizer)
+        return self._optimizer[1]
+
+    def set_epoch_lr(self, optimizer: torch.optim.Optimizer, phase: Phase, epoch: int) -> float:
+        lr = self._lr_at(phase, epoch)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        return lr
+
+    def set_modes(self, phase: Phase) -> None:
+        set_phase_modes(self.student, self.method, self.teacher, phase)
+
+    def add_epoch(self, record: dict[str, Any], pi: int, optimizer: torch.optim.Optimizer, own: float,
+                  own_train: float, shared: float) -> None:
+        """Account a finished epoch (``own`` seconds of this run's own work, ``own_train`` of
+        them training; ``shared``: its share of a column's shared work), checkpoint it and
+        move on."""
+        self.own_time += own
+        self.shared_time += shared
+        self.train_time += own_train + shared
+        self.wall += own + shared
+        record["wall_time"] = round(self.wall, 3)
+        self.history.append(record)
+        self._save_checkpoint(pi, record["epoch"], optimizer, self.history, self.wall, self.train_time)
+        if self.lock is not None:
+            self.lock.touch()
+        self.next_epoch += 1
+        self._skip_finished_phases()
+
+    def result(self, fused: bool = False, column_size: int = 1) -> TrainResult:
+        return TrainResult(history=self.history, wall_time=self.wall, train_time=self.train_time,
+                           resumed_from=self.resumed_from, own_time=self.own_time, shared_time=self.shared_time,
+                           fused=fused, column_size=column_size)
+
+    def log_epoch(self, record: dict[str, Any], phase: Phase, eta: float) -> None:
         """One line per epoch: at INFO where no progress bar is drawn (log files), else DEBUG."""
         terms = ", ".join(f"{k.removeprefix('loss_')} {record[k]:.4g}" for k in record
                           if k.startswith("loss_"))
         accs = "".join(f" {label} {record[k]:.2f}%" for k, label in (("train_top1", "train"), ("test_top1", "test"))
                        if k in record)
-        level = logging.DEBUG if self._progress_enabled() else logging.INFO
+        level = logging.DEBUG if self.progress_enabled() else logging.INFO
         log.log(level, "%s | %s %d/%d | loss %.4g (%s)%s | lr %.3g | %.1f s, epoch %d/%d, ETA %.0f s", self.desc,
-                phase.name, record["epoch"], phase.epochs, record["loss"], terms, accs, record["lr"], wall,
-                done_epochs, total_epochs, eta)
+                phase.name, record["epoch"], phase.epochs, record["loss"], terms, accs, record["lr"], self.wall,
+                self.done_epochs(), self.total_epochs(), eta)
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
@@ -372,51 +433,17 @@ class Trainer:
         decays = sum(epoch > m for m in self.recipe.milestone_epochs())
         return self.method.main_lr(self.lr) * (self.recipe.lr_decay ** decays)
 
-    def train_epoch(self, pi: int, phase: Phase, epoch: int, optimizer: torch.optim.Optimizer,
-                    progress: Progress) -> dict[str, Any]:
-        stream = random_stream(phase, pi)
-        seed_everything(derived_seed(self.seed, stream, epoch))
-        gen = epoch_generator(self.seed, stream, epoch)
-        lr = self._lr_at(phase, epoch)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        set_phase_modes(self.student, self.method, self.teacher, phase)
-        run_student = phase.student != "none"
-        use_teacher = self.teacher is not None and phase.needs_teacher
-        steps = self.train_data.steps_per_epoch()
-        watch = FiniteWatch()
-        correct = torch.zeros((), device=self.device, dtype=torch.long)
-        rows = 0
-        for i, batch in enumerate(self.train_data.epoch(gen)):
-            info = StepInfo(phase=phase.name, epoch=epoch, epochs=phase.epochs, step=(epoch - 1) * steps + i,
-                            steps_per_epoch=steps)
-            terms, hits = self.train_step(optimizer, phase, batch, info, run_student, use_teacher)
-            watch.add(i, terms)
-            if hits is not None:
-                correct += hits
-                rows += len(batch)
-            if (i + 1) % self.env.check_every == 0:
-                self._check_finite(watch, phase, epoch)
-            progress.update()
-        self._check_finite(watch, phase, epoch)
-        if self.lock is not None:
-            self.lock.touch()
-        record: dict[str, Any] = {"phase": phase.name, "epoch": epoch, "lr": lr}
-        record.update({k: v.item() / steps for k, v in watch.sums.items()})
-        record["loss"] = sum(record[k] for k in watch.sums)
-        if rows:
-            record["train_top1"] = 100.0 * correct.item() / rows
-        return record
-
     def train_step(self, optimizer: torch.optim.Optimizer, phase: Phase, batch, info: StepInfo, run_student: bool,
-                   use_teacher: bool) -> tuple[dict[str, Tensor], Tensor | None]:
+                   use_teacher: bool, teacher_out: Outputs | None = None) -> tuple[dict[str, Tensor], Tensor | None]:
         """One optimisation step; returns the detached loss terms and the number of correct
         student predictions. A function of its own so that the step's outputs are released
         on return: activations kept alive into the next step force fresh allocations (page
-        faults) and cost ~5 % of a CPU step (measured with benchmarks/kd_step.py)."""
+        faults) and cost ~5 % of a CPU step (measured with benchmarks/kd_step.py).
+        ``teacher_out``: the teacher's outputs on ``batch`` if already computed (a fused
+        column's shared forward)."""
         with self.autocast:
             s, terms = phase_losses(self.student if run_student else None, self.teacher if use_teacher else None,
-                                    phase, batch, info, self.method)
+                                    phase, batch, info, self.method, teacher_out if use_teacher else None)
         total = sum(terms.values())
         optimizer.zero_grad(set_to_none=True)
         total.backward()
@@ -424,7 +451,8 @@ class Trainer:
         hits = s.logits.detach().argmax(1).eq(batch.y).sum() if s is not None else None
         return {k: v.detach().float() for k, v in terms.items()}, hits
 
-    def _check_finite(self, watch: FiniteWatch, phase: Phase, epoch: int) -> None:
+    def check_finite(self, watch: FiniteWatch, phase: Phase, epoch: int) -> None:
+        """Raise :class:`NonFiniteLoss` naming the term that went non-finite first, if any."""
         if all(math.isfinite(v.item()) for v in watch.sums.values()):
             return
         culprit = watch.culprit()
@@ -434,7 +462,7 @@ class Trainer:
         raise NonFiniteLoss(f"{name} became non-finite first, in phase {phase.name!r}, epoch {epoch}, step {step + 1} "
                             f"(lr {self._lr_at(phase, epoch):g})" + (f"; then {', '.join(later)}" if later else ""))
 
-    def _progress_enabled(self) -> bool:
+    def progress_enabled(self) -> bool:
         if self.env.progress is not None:
             return self.env.progress
         return sys.stderr.isatty()
@@ -446,7 +474,8 @@ class Trainer:
             "phase_idx": pi, "phase": self.phase_list[pi].name, "epoch": epoch,
             "student": self.student.state_dict(), "method": self.method.state_dict(),
             "optimizer": optimizer.state_dict(), "history": history, "wall_time": wall,
-            "train_time": train_time, "rng": rng_states(),
+            "train_time": train_time, "own_time": self.own_time, "shared_time": self.shared_time,
+            "rng": rng_states(),
         }
         atomic_torch_save(self.run_dir / CKPT, state)
         atomic_write_text(self.run_dir / METRICS, "".join(_json_line(h) for h in history))

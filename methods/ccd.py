@@ -54,8 +54,12 @@ Choices and deviations:
   rather than the reference script's (batch 128 → 256 rows, lr 0.1, wd 1e-4, Nesterov).
   Teacher and student both run on 2B rows per step, so a CCD step costs about twice a KD
   step of the same image batch.
-* The reference's random draws use Python's ``random`` per image; here the decisions come
-  from the epoch generator (deterministic, exact on resume, same on CPU and CUDA).
+* The reference's random draws use Python's ``random`` per image; here the decisions (and
+  the second view's crop/flip) come from the method's own generator
+  (:func:`kdbench.data.member_generator` of seed, epoch and method name: deterministic,
+  exact on resume, same on CPU and CUDA). Version 2; version 1 drew them from the shared
+  epoch stream after the original view's crops, so the next batches' crops differed from
+  every other method's.
 * The logged ``train_top1`` counts both views (2B rows), as the reference's does.
 
 Cost (CPU, one thread, on a shared machine): the JDA chain runs at ~5,000 images/s at
@@ -112,22 +116,23 @@ class JDATrainData(TrainDataWrapper):
         self.jda_levels = _jda.expand_levels(levels)
         self.jda_on = on
 
-    def views_uint8(self, idx_cpu: Tensor, gen: torch.Generator) -> tuple[Tensor, Tensor]:
-        """(original, augmented) uint8 views of the images ``idx_cpu``, drawn from ``gen``."""
-        original = self.augmented_uint8(idx_cpu, gen)
+    def augmented_view(self, original: Tensor, idx_cpu: Tensor, own: torch.Generator) -> Tensor:
+        """The JDA view (uint8) of the rows ``idx_cpu``, whose standard view is ``original``,
+        drawn from the method's own generator ``own``."""
         if self.jda_on == "raw":
             raw = self.images[idx_cpu.to(self.device)]
-            augmented = _jda.jda(raw, gen, self.jda_prob, self.jda_levels)
-            augmented = random_crop_flip(augmented, self.augment, gen)
-        else:
-            augmented = _jda.jda(original, gen, self.jda_prob, self.jda_levels)
-        return original, augmented
+            augmented = _jda.jda(raw, own, self.jda_prob, self.jda_levels)
+            return random_crop_flip(augmented, self.augment, own)
+        return _jda.jda(original, own, self.jda_prob, self.jda_levels)
 
-    def make_batch(self, idx_cpu: Tensor, gen: torch.Generator) -> Batch:
-        original, augmented = self.views_uint8(idx_cpu, gen)
+    def extend(self, batch: Batch, own: torch.Generator) -> Batch:
+        batch = self.inner.extend(batch, own)
+        original = batch.source
+        augmented = self.augmented_view(original, batch.index_cpu, own)
         x = self.normalize(_jda.interleave_views(original, augmented), self.memory_format)
-        idx = idx_cpu.to(self.device, non_blocking=True).repeat_interleave(2)
-        return Batch(x=x, y=self.labels[idx], index=idx)
+        idx = batch.index.repeat_interleave(2)
+        return Batch(x=x, y=self.labels[idx], index=idx, extras=batch.extras,
+                     source=_jda.interleave_views(original, augmented), index_cpu=batch.index_cpu.repeat_interleave(2))
 
 
 @register_method("ccd")
@@ -135,7 +140,7 @@ class CCD(Method):
     """Cosine Confidence Distillation on original + jointly augmented views."""
 
     name = "ccd"
-    version = 1
+    version = 2
 
     @dataclass(frozen=True)
     class Config(MethodConfig):

@@ -55,9 +55,11 @@ Choices and deviations (each documented, none changes the loss formula)
   per step at CIFAR-100 scale on CPU). ``negatives_without_replacement=False`` draws WITH
   replacement instead (vectorised per-class offsets into a class-sorted index; cheaper, but
   at CIFAR-100 scale, 16384 of 49,500, about 15% of the draws repeat an index already drawn
-  for that row). Draws use the epoch generator ``gen`` after the standard
-  augmentation has drawn its numbers, so runs are deterministic and resume exactly, and the
-  crops equal those of every other method at the same seed.
+  for that row). Draws use the method's own generator
+  (:func:`kdbench.data.member_generator` of seed, epoch and method name; version 2 — version
+  1 drew them from the shared epoch stream after the crops), so runs are deterministic and
+  resume exactly, and every batch's order and crops equal those of every other method at
+  the same seed (which lets a fused column build the batch once).
 * ``K`` scales down for small training sets: ``K_eff = min(num_negatives, N − size of the
   largest class)`` (logged at INFO), so every row can draw its negatives from its pool
   (without replacement too). The reference keeps ``K`` and switches to drawing with
@@ -216,9 +218,9 @@ class ContrastSampleData(TrainDataWrapper):
             return self.negatives(idx_cpu, gen)
         return torch.cat([idx_cpu.unsqueeze(1), self.negatives(idx_cpu, gen)], dim=1)
 
-    def make_batch(self, idx_cpu: Tensor, gen: torch.Generator) -> Batch:
-        batch = self.inner.make_batch(idx_cpu, gen)
-        batch.extras["contrast_idx"] = self.contrast_indices(idx_cpu, gen).to(self.device, non_blocking=True)
+    def extend(self, batch: Batch, own: torch.Generator) -> Batch:
+        batch = self.inner.extend(batch, own)
+        batch.extras["contrast_idx"] = self.contrast_indices(batch.index_cpu, own).to(self.device, non_blocking=True)
         return batch
 
 
@@ -227,7 +229,7 @@ class CRD(Method):
     """Contrastive representation distillation with memory banks and NCE (see module doc)."""
 
     name = "crd"
-    version = 1
+    version = 2
 
     @dataclass(frozen=True)
     class Config(MethodConfig):

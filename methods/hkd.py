@@ -55,8 +55,9 @@ Deviations from the authors' code (none changes the loss formula)
 * Negatives come from CRD's data-side sampler (:class:`kdbench.methods.crd.ContrastSampleData`
   without the own-index column), so ``K = min(num_negatives, N − largest class size)``
   (logged, in ``method_info``) on small sets; the reference keeps ``K`` and draws with
-  replacement when a class's pool is smaller. Draws use the epoch generator, so runs
-  resume exactly.
+  replacement when a class's pool is smaller. Draws use the method's own generator
+  (:func:`kdbench.data.member_generator`; version 2, version 1 used the shared epoch
+  stream), so runs resume exactly and the crops are every other method's.
 * Device-agnostic (the reference calls ``.cuda()``); the HKD computation runs in float32 with
   autocast disabled; L2 normalisations use ``F.normalize`` (``max(‖x‖, 1e-12)`` instead of
   ``‖x‖``: differs only for an exactly zero vector).
@@ -134,7 +135,7 @@ class HKD(Method):
     """Holistic KD: instance and kNN-graph InfoNCE against memory banks (see module doc)."""
 
     name = "hkd"
-    version = 1
+    version = 2
 
     @dataclass(frozen=True)
     class Config(MethodConfig):

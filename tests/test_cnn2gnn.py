@@ -263,14 +263,14 @@ def _train_cnn2gnn(run_dir, overrides, kill_after_epoch=None, monkeypatch=None):
     trainer = Trainer(student=built.student, teacher=built.teacher, method=built.method, train_data=built.train_data,
                       eval_data=eval_data, recipe=spec.recipe, lr=0.05, seed=spec.seed, env=env, run_dir=run_dir)
     if kill_after_epoch is not None:
-        real = Trainer._log_epoch
+        real = Trainer.log_epoch
 
         def log_then_die(self, record, *args):
             real(self, record, *args)
             if record["epoch"] == kill_after_epoch:
                 raise _Killed
 
-        monkeypatch.setattr(Trainer, "_log_epoch", log_then_die)
+        monkeypatch.setattr(Trainer, "log_epoch", log_then_die)
         with pytest.raises(_Killed):
             trainer.fit()
         monkeypatch.undo()

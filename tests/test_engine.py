@@ -151,17 +151,18 @@ def test_cuda_request_without_cuda_is_a_clear_error(tmp_path, capsys):
 
 def test_main_stage_sees_the_same_batches_whether_or_not_a_pre_stage_ran(tmp_path, monkeypatch):
     """At one seed, FitNets' main stage after a hint stage draws KD's orders and crops."""
+    from kdbench.column import Column
     from kdbench.data import TrainData
-    from kdbench.train import Trainer
 
     seen: dict[tuple[str, str], list[torch.Tensor]] = {}
     where: list[tuple[str, str]] = []
-    real_epoch, real_batch = Trainer.train_epoch, TrainData.make_batch
+    real_epoch, real_batch = Column.train_epoch, TrainData.base_batch
 
-    def spy_epoch(self, si, stage, epoch, optimizer, progress):
-        where.append((self.method.name, stage.name))
+    def spy_epoch(self, group, progress):
+        m = group[0]
+        where.append((m.method.name, m.phase_list[m.next_phase].name))
         try:
-            return real_epoch(self, si, stage, epoch, optimizer, progress)
+            return real_epoch(self, group, progress)
         finally:
             where.pop()
 
@@ -171,8 +172,8 @@ def test_main_stage_sees_the_same_batches_whether_or_not_a_pre_stage_ran(tmp_pat
             seen.setdefault(where[-1], []).append(batch.x.detach().clone())
         return batch
 
-    monkeypatch.setattr(Trainer, "train_epoch", spy_epoch)
-    monkeypatch.setattr(TrainData, "make_batch", spy_batch)
+    monkeypatch.setattr(Column, "train_epoch", spy_epoch)
+    monkeypatch.setattr(TrainData, "base_batch", spy_batch)
     args = [*FAST, "--pairs", "resnet8->resnet8", "--methods", "fitnets", "--epochs", "1",
             "--set", "fitnets.hint_phase_epochs=1", "--out", str(tmp_path)]
     assert kdbench_main.main(["run", *args]) == 0

@@ -406,10 +406,21 @@ def test_p0_views_equal_the_original():
     assert torch.equal(batch.x[0::2], batch.x[1::2])
     # ...and at p=1 the augmented rows are the chain of the raw images
     _, wd = wrapped({"jda_prob": 1.0}, small_data(Augment(0, False)))
-    gen = epoch_generator(0, 0, 3)
-    orig, aug = wd.views_uint8(torch.arange(6), gen)
+    aug = wd.augmented_view(wd.images[:6], torch.arange(6), epoch_generator(0, 0, 3))
     draw = _jda.sample_draw(6, 1.0, epoch_generator(0, 0, 3))
     assert torch.equal(aug, _jda.apply_chain(wd.images[:6], draw, _jda.CIFAR100_LEVELS))
+
+
+def test_the_second_view_draws_from_the_methods_own_generator_only():
+    """The standard rows of a CCD batch are exactly the shared stream's batch, whatever its
+    own generator draws (a fused column builds the standard batch once for every method)."""
+    td, wd = wrapped({"jda_prob": 0.5})
+    idx = torch.tensor([1, 5, 3])
+    plain = td.make_batch(idx, epoch_generator(0, 0, 1))
+    a = wd.make_batch(idx, epoch_generator(0, 0, 1), own=epoch_generator(7, 0, 1))
+    b = wd.make_batch(idx, epoch_generator(0, 0, 1), own=epoch_generator(8, 0, 1))
+    assert torch.equal(a.x[0::2], plain.x) and torch.equal(b.x[0::2], plain.x)
+    assert not torch.equal(a.x[1::2], b.x[1::2])
 
 
 @pytest.mark.parametrize("on", ["raw", "cropped"])
