@@ -53,6 +53,7 @@ class BuiltRun:
     train_data: TrainData
     student_info: TapInfo
     teacher_info: TapInfo | None
+    base_train: TrainData  # the standard training data, before the method's wrapper
 
 
 def method_context(spec: RunSpec, data: ImageData, train: TrainData, device: torch.device,
@@ -70,12 +71,13 @@ def frozen(model: nn.Module) -> nn.Module:
 
 
 def build_run(spec: RunSpec, data: ImageData, device: torch.device | str = "cpu",
-              load_teacher: TeacherLoader | None = None) -> BuiltRun:
+              load_teacher: TeacherLoader | None = None, base_train: TrainData | None = None) -> BuiltRun:
     """Build student, teacher, method and training data of ``spec`` (see module docstring).
 
     ``load_teacher`` receives the fresh teacher architecture and returns the teacher to use
-    (default: that fresh copy, frozen, on ``device``). Raises :class:`Skipped` when the
-    method declines the pair.
+    (default: that fresh copy, frozen, on ``device``). ``base_train``: the standard
+    training data to share (a fused column's; it must be this spec's data, batch size and
+    seed), else built here. Raises :class:`Skipped` when the method declines the pair.
     """
     device = torch.device(device)
     memory_format = spec.recipe.memory_format
@@ -83,7 +85,7 @@ def build_run(spec: RunSpec, data: ImageData, device: torch.device | str = "cpu"
     cfg = resolve_config(cls, spec.overrides_dict())
     needs_teacher = cls.needs(cfg).teacher
     c, h, _ = data.input_size
-    train = TrainData(data, spec.recipe.batch_size, device, spec.seed, memory_format)
+    train = base_train if base_train is not None else TrainData(data, spec.recipe.batch_size, device, spec.seed, memory_format)
     ctx = method_context(spec, data, train, device, spec.teacher if needs_teacher else None)
 
     fresh_teacher = teacher_info = None
@@ -106,4 +108,4 @@ def build_run(spec: RunSpec, data: ImageData, device: torch.device | str = "cpu"
     method = cls(cfg, teacher_info, student_info, ctx).to(device)
     train_data = method.wrap_train_dataset(train)
     return BuiltRun(spec=spec, cfg=cfg, ctx=ctx, student=student, teacher=teacher, method=method,
-                    train_data=train_data, student_info=student_info, teacher_info=teacher_info)
+                    train_data=train_data, student_info=student_info, teacher_info=teacher_info, base_train=train)

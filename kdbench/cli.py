@@ -66,6 +66,11 @@ def _env_args(p: argparse.ArgumentParser) -> None:
                    help="do not retry failed runs (by default a re-run retries them; done and skipped runs are final)")
     g.add_argument("--retry-failed", action="store_true", help=argparse.SUPPRESS)  # retrying is the default now; still accepted
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
+    g.add_argument("--fuse", action="store_true", default=None,
+                   help="train each grid column (the runs of one dataset, recipe, seed and teacher) in one pass: "
+                        "batches and the teacher's forward computed once, results bit-identical (grid file: fuse: true)")
+    g.add_argument("--fuse-max", type=int, metavar="N",
+                   help="fuse at most N runs per pass (caps the memory of a column; implies --fuse)")
     r = p.add_argument_group("runners local and slurm (also a `runner:` block in the grid file)")
     r.add_argument("--max-parallel", type=int, help="local: jobs at a time (default: GPUs, else CPU cores)")
     r.add_argument("--time-min", dest="timeout_min", type=float, help="time limit per job in minutes (default 1440)")
@@ -209,7 +214,8 @@ def grid_from_args(args: argparse.Namespace) -> Grid:
         file_values["recipe"] = recipe
     grid = build_grid(file_values, dataset=args.dataset, methods=args.methods, pairs=args.pairs, seeds=args.seeds,
                       epochs=args.epochs, teacher_seed=args.teacher_seed,
-                      teacher_epochs=args.teacher_epochs)
+                      teacher_epochs=args.teacher_epochs, fuse=getattr(args, "fuse", None),
+                      fuse_max=getattr(args, "fuse_max", None))
     return with_overrides(grid, args.assignments) if args.assignments else grid
 
 
@@ -254,7 +260,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     store.check_writable()  # --out a file or read-only: an error before the dataset loads
     options = JobOptions(out=str(store.root), device=args.device, data_root=args.data_root, download=args.download,
                          progress=False if args.no_progress else None, imports=tuple(grid.imports),
-                         keep_failed=args.keep_failed, log_level=logging.getLogger("kdbench").level)
+                         keep_failed=args.keep_failed, log_level=logging.getLogger("kdbench").level,
+                         fuse=grid.fuse, fuse_max=grid.fuse_max)
     n_teachers = len({s.teacher for s in specs if s.teacher})
     log.info("grid: %s, %d pair(s), %d method(s), %d seed(s) -> %d runs (+ %d teacher(s)) into %s",
              grid.dataset, len(grid.pairs), len(grid.method_names()), len(grid.seeds), len(specs), n_teachers,

@@ -157,13 +157,8 @@ class Column:
                     self.run_epoch(group, progress)
         finally:
             progress.close()
-        results: list[TrainResult | BaseException] = []
-        for m in self.members:
-            error = self.errors.get(id(m))
-            results.append(error if error is not None else m.result(fused=self.fused, column_size=len(self.members)))
-        if not self.fused and isinstance(results[0], BaseException):
-            raise results[0]
-        return results
+        return [self.errors.get(id(m)) or m.result(fused=self.fused, column_size=len(self.members))
+                for m in self.members]
 
     def alive(self) -> list["Trainer"]:
         return [m for m in self.members if id(m) not in self.errors and not m.finished()]
@@ -281,7 +276,10 @@ class Column:
         if s.phase.name == "main":
             record.update(m.evaluate())
         own = s.own_time + time.perf_counter() - t0
-        m.add_epoch(record, s.phase_idx, s.optimizer, own=own, own_train=own_train, shared=s.shared_time)
+        shared = s.shared_time
+        if not self.fused:  # a run alone did all the work itself
+            own, own_train, shared = own + shared, own_train + shared, 0.0
+        m.add_epoch(record, s.phase_idx, s.optimizer, own=own, own_train=own_train, shared=shared)
         self.session_epochs += 1
         per_epoch = (time.perf_counter() - self.session_start) / self.session_epochs
         remaining = sum(m.total_epochs() - m.done_epochs() for m in self.alive())
@@ -313,6 +311,38 @@ def first_enabled(members: list["Trainer"]) -> bool:
     return members[0].progress_enabled()
 
 
-def fuse(members: list["Trainer"]) -> list[TrainResult | BaseException]:
-    """Train ``members`` as one column (see the module doc)."""
-    return Column(members).fit()
+# -- which runs form a column ---------------------------------------------------------------
+
+def column_key(spec: Any) -> tuple[Any, ...]:
+    """Runs with equal keys see the same standard batches: same dataset, recipe, seed and
+    imported code (whatever their method, student and teacher)."""
+    return (spec.dataset, spec.recipe, spec.seed, spec.imports)
+
+
+def teacher_identity(spec: Any) -> tuple[Any, ...] | None:
+    """Runs with equal identities use the same frozen teacher (``None``: no teacher)."""
+    return (spec.teacher, spec.teacher_seed, spec.teacher_epochs, spec.teacher_ckpt) if spec.teacher else None
+
+
+def column_groups(items: list[Any], max_members: int | None = None, spec_of=lambda item: item) -> list[list[Any]]:
+    """``items`` (run specs, or anything ``spec_of`` maps to one) grouped into columns that
+    can be trained fused: one per (dataset, recipe, seed) and teacher — so the runs of every
+    pair with that teacher, at that seed — with the teacher-free runs of the same
+    (dataset, recipe, seed) (vanilla) joining the first of them. A column larger than
+    ``max_members`` is cut into consecutive columns of at most that many runs. Order is
+    kept within a column and columns follow their first run's place in ``items``."""
+    if max_members is not None and max_members < 1:
+        raise ValueError(f"a column needs room for at least one run, not {max_members}")
+    groups: dict[tuple[Any, ...], dict[Any, list[Any]]] = {}
+    for item in items:
+        spec = spec_of(item)
+        groups.setdefault(column_key(spec), {}).setdefault(teacher_identity(spec), []).append(item)
+    columns: list[list[Any]] = []
+    for by_teacher in groups.values():
+        free = by_teacher.pop(None, [])
+        with_teacher = list(by_teacher.values())
+        joined = [free + with_teacher[0], *with_teacher[1:]] if with_teacher else [free]
+        for column in joined:
+            size = max_members or len(column)
+            columns.extend(column[i:i + size] for i in range(0, len(column), size))
+    return columns

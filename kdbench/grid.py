@@ -80,7 +80,7 @@ SEED_MAX = 2**31 - 1
 MAX_SEED_COUNT = 1000
 
 GRID_KEYS = {"dataset", "pairs", "methods", "seeds", "epochs", "recipe", "teacher_seed", "teacher_epochs", "teachers",
-             "overrides", "imports", "runner"}
+             "overrides", "imports", "runner", "fuse"}
 
 
 class GridError(ValueError):
@@ -100,6 +100,10 @@ class Grid:
     overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
     imports: list[str] = field(default_factory=list)
     runner: dict[str, Any] = field(default_factory=dict)
+    #: train each grid column in one fused pass (:mod:`kdbench.column`); at most
+    #: ``fuse_max`` runs per pass (None: no limit). Execution only: no run key changes.
+    fuse: bool = False
+    fuse_max: int | None = None
 
     def resolved_recipe(self) -> Recipe:
         if self.recipe is not None:
@@ -341,6 +345,7 @@ def build_grid(file_values: dict[str, Any] | None = None, **flags: Any) -> Grid:
         imports=[str(m) for m in (values.get("imports") or [])],
         runner=dict(values.get("runner") or {}),
     )
+    grid.fuse, grid.fuse_max = parse_fuse(values.get("fuse"), values.get("fuse_max"))
     recipe_changes = dict(values.get("recipe") or {})
     if values.get("epochs") is not None:
         recipe_changes["epochs"] = values["epochs"]  # checked by Recipe: 1.7 is an error, not 1
@@ -354,6 +359,21 @@ def build_grid(file_values: dict[str, Any] | None = None, **flags: Any) -> Grid:
         except (TypeError, ValueError) as exc:
             raise GridError(f"recipe: {exc}") from None
     return grid
+
+
+def parse_fuse(fuse: Any, fuse_max: Any = None) -> tuple[bool, int | None]:
+    """``fuse`` of a grid file (``true``/``false``, or N: fused with at most N runs per
+    pass) and ``--fuse-max N`` (implies fusing) as (fuse, max runs per pass)."""
+    limit = None
+    if fuse is None or isinstance(fuse, bool):
+        on = bool(fuse)
+    elif isinstance(fuse, int) and fuse >= 1:
+        on, limit = True, fuse
+    else:
+        raise GridError(f"fuse must be true, false or the most runs per fused pass (an integer >= 1), got {fuse!r}")
+    if fuse_max is not None:
+        on, limit = True, checked_int("--fuse-max", fuse_max, 1)
+    return on, limit
 
 
 def with_overrides(grid: Grid, assignments: list[str]) -> Grid:

@@ -15,6 +15,7 @@ import os
 import platform
 import socket
 import subprocess
+import sys
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -27,7 +28,7 @@ from torch import nn
 import kdbench
 from kdbench.build import Skipped, build_run
 from kdbench.config import config_dict, resolve_config
-from kdbench.data import EvalData, ImageData, data_root
+from kdbench.data import EvalData, ImageData, TrainData, data_root
 from kdbench.datasets import get_dataset
 from kdbench.method import Method
 from kdbench.models import is_lightweight, model_version
@@ -35,11 +36,11 @@ from kdbench.registry import METHODS, import_user_modules
 from kdbench.spec import ResolvedSpec, RunSpec, file_sha256
 from kdbench.store import CKPT, MODEL, SPEC, LockHeld, RunLock, Store, atomic_torch_save, atomic_write_json
 from kdbench.teachers.cache import TeacherCache, TeacherUnavailable
-from kdbench.train import Env, NonFiniteLoss, Trainer
+from kdbench.train import Env, NonFiniteLoss, Trainer, TrainResult
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Session", "Skipped", "execute", "resolve", "run_dir_of"]
+__all__ = ["Session", "Skipped", "execute", "execute_column", "resolve", "run_dir_of"]
 
 
 def method_class(name: str) -> type[Method]:
@@ -159,7 +160,7 @@ class Session:
         return self._teachers.get(spec, resolved)
 
 
-# -- executing one run --------------------------------------------------------------------
+# -- executing runs ------------------------------------------------------------------------
 
 def execute(spec: RunSpec, session: Session, keep_failed: bool = False, label: str | None = None) -> dict[str, Any]:
     """Run ``spec`` unless it is finished; return its result row (never raises for a failure
@@ -169,43 +170,115 @@ def execute(spec: RunSpec, session: Session, keep_failed: bool = False, label: s
     (the cause may have been fixed), unless ``keep_failed``. ``label`` names the run in log
     lines (default :func:`run_label`).
     """
-    resolved = resolve(spec)
-    run_dir = run_dir_of(session.store, resolved)
-    existing = _final_row(run_dir, keep_failed)
-    if existing is not None:
-        return existing
-    lock = RunLock(run_dir)
+    return execute_column([spec], session, keep_failed, [label or run_label(spec)])[0]
+
+
+@dataclass
+class _Member:
+    """A run of :func:`execute_column` while it is being worked on."""
+
+    spec: RunSpec
+    resolved: ResolvedSpec
+    run_dir: Path
+    label: str
+    lock: RunLock
+    row: dict[str, Any]
+    prepared: "_Prepared | None" = None
+
+
+def execute_column(specs: list[RunSpec], session: Session, keep_failed: bool = False,
+                   labels: list[str] | None = None) -> list[dict[str, Any]]:
+    """Run every spec of ``specs`` that is not finished, all in one fused pass
+    (:mod:`kdbench.column`) when there are several, and return their rows in order
+    (see :func:`execute`; each run keeps its own folder, lock, checkpoint and row).
+
+    The specs must share dataset, recipe and seed, and those with a teacher the same
+    teacher (:func:`kdbench.column.column_groups` forms such groups). A member that is
+    skipped or fails while being built leaves the column before training starts; one that
+    fails while training leaves it then."""
+    labels = labels or [run_label(spec) for spec in specs]
+    rows: list[dict[str, Any] | None] = [None] * len(specs)
+    members: list[tuple[int, _Member]] = []
     try:
-        lock.acquire()
-    except LockHeld as exc:
-        log.warning("%s", exc)
-        return {**identity_row(resolved, session.env), "status": "running", "error": str(exc), "run_dir": str(run_dir),
-                "lock_owner": exc.owner}
-    try:
-        existing = _final_row(run_dir, keep_failed)
-        if existing is not None:
-            return existing
-        atomic_write_json(run_dir / SPEC, {"key": resolved.key, "spec": spec.to_json(), "identity": resolved.identity()})
-        row = {**identity_row(resolved, session.env), **session.row_extra}
+        for i, (spec, label) in enumerate(zip(specs, labels)):
+            resolved = resolve(spec)
+            run_dir = run_dir_of(session.store, resolved)
+            rows[i] = _final_row(run_dir, keep_failed)
+            if rows[i] is not None:
+                continue
+            lock = RunLock(run_dir)
+            try:
+                lock.acquire()
+            except LockHeld as exc:
+                log.warning("%s", exc)
+                rows[i] = {**identity_row(resolved, session.env), "status": "running", "error": str(exc),
+                           "run_dir": str(run_dir), "lock_owner": exc.owner}
+                continue
+            member = _Member(spec, resolved, run_dir, label, lock, {})
+            members.append((i, member))
+            rows[i] = _final_row(run_dir, keep_failed)
+            if rows[i] is not None:
+                continue
+            atomic_write_json(run_dir / SPEC, {"key": resolved.key, "spec": spec.to_json(),
+                                               "identity": resolved.identity()})
+            member.row = {**identity_row(resolved, session.env), **session.row_extra}
+            base = next((m.prepared.base_train for _, m in members if m.prepared is not None), None)
+            try:
+                member.prepared = _prepare(member, session, base)
+            except Exception as exc:
+                rows[i] = _record(member, exc)
+        training = [(i, m) for i, m in members if m.prepared is not None]
+        if training:
+            outcomes = _fit([m.prepared for _, m in training])
+            for (i, member), result in zip(training, outcomes):
+                if not isinstance(result, BaseException):
+                    try:
+                        rows[i] = _record(member, None, _measured(member.prepared, result))
+                        continue
+                    except Exception as exc:  # e.g. the model file cannot be written
+                        result = exc
+                rows[i] = _record(member, result)
+    finally:
+        for _, member in members:
+            member.lock.release()
+    return [row for row in rows if row is not None]
+
+
+def _fit(prepared: list["_Prepared"]) -> list[Any]:
+    """Train the prepared runs: alone (exceptions propagate to :func:`_record`), or fused."""
+    if len(prepared) == 1:
         try:
-            row.update(_train(spec, resolved, run_dir, session, lock, label or run_label(spec)))
-            row["status"] = "done"
-        except Skipped as exc:
-            row.update(status="skipped", reason=str(exc))
-        except (NonFiniteLoss, TeacherUnavailable) as exc:
-            row.update(status="failed", error=f"{type(exc).__name__}: {exc}")
+            return [prepared[0].trainer.fit()]
         except (KeyboardInterrupt, SystemExit):
             raise
-        except Exception as exc:  # the grid goes on; the row keeps the evidence
-            row.update(status="failed", error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc(limit=20))
-            log.debug("run %s failed", run_dir, exc_info=True)
-        row["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-        Store.write_result(run_dir, row)
-        if row["status"] == "done":
-            (run_dir / CKPT).unlink(missing_ok=True)
-        return {**row, "run_dir": str(run_dir)}
-    finally:
-        lock.release()
+        except Exception as exc:
+            return [exc]
+    from kdbench.column import Column
+
+    labels = ", ".join(p.trainer.desc for p in prepared)
+    log.info("fused column of %d runs: %s", len(prepared), labels)
+    return Column([p.trainer for p in prepared], desc=f"column of {len(prepared)}").fit()
+
+
+def _record(member: _Member, error: BaseException | None, measured: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Write ``member``'s result row: done with ``measured``, or skipped / failed by ``error``."""
+    row = member.row
+    if error is None:
+        row.update(measured or {})
+        row["status"] = "done"
+    elif isinstance(error, Skipped):
+        row.update(status="skipped", reason=str(error))
+    elif isinstance(error, (NonFiniteLoss, TeacherUnavailable)):
+        row.update(status="failed", error=f"{type(error).__name__}: {error}")
+    else:  # the grid goes on; the row keeps the evidence
+        row.update(status="failed", error=f"{type(error).__name__}: {error}",
+                   traceback="".join(traceback.format_exception(error, limit=20)))
+        log.debug("run %s failed", member.run_dir, exc_info=error)
+    row["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    Store.write_result(member.run_dir, row)
+    if row["status"] == "done":
+        (member.run_dir / CKPT).unlink(missing_ok=True)
+    return {**row, "run_dir": str(member.run_dir)}
 
 
 def _final_row(run_dir: Path, keep_failed: bool) -> dict[str, Any] | None:
@@ -224,25 +297,46 @@ def run_label(spec: RunSpec, teacher: bool = False) -> str:
     return f"{spec.method} {spec.pair} s{spec.seed}"
 
 
-def _train(spec: RunSpec, resolved: ResolvedSpec, run_dir: Path, session: Session, lock: RunLock,
-           label: str) -> dict[str, Any]:
-    """Build and train ``spec``; the measured part of its result row."""
-    env = session.env
+@dataclass
+class _Prepared:
+    """A run built and ready to train."""
+
+    built: Any  # kdbench.build.BuiltRun
+    trainer: Trainer
+    eval_data: EvalData
+    data: ImageData
+    teacher_row: dict[str, Any] | None
+
+    @property
+    def base_train(self) -> TrainData:
+        return self.built.base_train
+
+
+def _prepare(member: _Member, session: Session, base_train: TrainData | None = None) -> _Prepared:
+    """Build ``member``'s run (models, method, data; the teacher trained or loaded once per
+    session). ``base_train``: the standard training data of a column, shared, not rebuilt."""
+    spec, env = member.spec, session.env
     data = session.dataset(spec.dataset).for_recipe(spec.recipe)  # augmentation + normalisation of the recipe
     teacher_row: dict[str, Any] | None = None
 
     def load_teacher(_fresh: nn.Module) -> nn.Module:
         nonlocal teacher_row
-        teacher, teacher_row = session.teacher(spec, resolved)
+        teacher, teacher_row = session.teacher(spec, member.resolved)
         return teacher
 
-    built = build_run(spec, data, env.torch_device, load_teacher)
+    built = build_run(spec, data, env.torch_device, load_teacher, base_train=base_train)
     eval_data = EvalData(data.test_images, data.test_labels, data.mean, data.std, env.torch_device,
                          built.method.eval_batch_size() or env.eval_batch_size, spec.recipe.memory_format)
     trainer = Trainer(student=built.student, teacher=built.teacher, method=built.method, train_data=built.train_data,
-                      eval_data=eval_data, recipe=spec.recipe, lr=resolved.student_lr, seed=spec.seed, env=env,
-                      run_dir=run_dir, lock=lock, desc=label)
-    result = trainer.fit()
+                      eval_data=eval_data, recipe=spec.recipe, lr=member.resolved.student_lr, seed=spec.seed, env=env,
+                      run_dir=member.run_dir, lock=member.lock, desc=member.label)
+    return _Prepared(built, trainer, eval_data, data, teacher_row)
+
+
+def _measured(prepared: _Prepared, result: TrainResult) -> dict[str, Any]:
+    """The measured part of a finished run's result row (and its ``model.pt``, written)."""
+    built, data, eval_data, teacher_row = prepared.built, prepared.data, prepared.eval_data, prepared.teacher_row
+    spec, run_dir = built.spec, prepared.trainer.run_dir
     main = result.main_epochs()
     last = main[-1]
     best = max(main, key=lambda r: (r["test_top1"], -r["epoch"]))
@@ -257,7 +351,10 @@ def _train(spec: RunSpec, resolved: ResolvedSpec, run_dir: Path, session: Sessio
         "epochs": len(main), "teacher_top1": teacher_row.get("top1_last") if teacher_row else None,
         "teacher_top5": teacher_row.get("top5_last") if teacher_row else None,
         "wall_time_s": round(result.wall_time, 3), "train_time_s": round(result.train_time, 3),
+        "own_time_s": round(result.own_time, 3), "shared_time_s": round(result.shared_time, 3),
+        "fused": result.fused, "column_size": result.column_size,
         "time_per_epoch_s": round(result.wall_time / max(1, len(result.history)), 4),
+        "peak_memory_mb": peak_memory_mb(prepared.trainer.device),
         "student_params": sum(p.numel() for p in student.parameters()),
         "extra_params": sum(p.numel() for p in built.method.parameters()),
         "uses_teacher_at_inference": built.method.uses_teacher_at_inference,
@@ -268,3 +365,17 @@ def _train(spec: RunSpec, resolved: ResolvedSpec, run_dir: Path, session: Sessio
         "num_train": len(built.train_data), "num_test": len(eval_data),
         "pid": os.getpid(),
     }
+
+
+def peak_memory_mb(device: torch.device) -> float | None:
+    """The peak memory so far of this process: CUDA's allocator peak on a CUDA device, else
+    the peak resident set size (a fused column's students, optimizers and method state all
+    live in one process: this is what its members share)."""
+    if device.type == "cuda":
+        return round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+    try:
+        import resource
+    except ImportError:  # not on POSIX
+        return None
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return round(rss / (2**20 if sys.platform == "darwin" else 2**10), 1)

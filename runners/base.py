@@ -68,6 +68,19 @@ def plan(specs: list[RunSpec], store: Store) -> list[Planned]:
     return out
 
 
+def tasks(planned: list[Planned], options: JobOptions) -> list[list[Planned]]:
+    """The units of work of ``planned``: each teacher alone, then the student runs one by
+    one or, with ``options.fuse``, grouped into fused columns
+    (:func:`kdbench.column.column_groups`, at most ``options.fuse_max`` runs each)."""
+    from kdbench.column import column_groups
+
+    teachers = [[p] for p in planned if p.teacher]
+    students = [p for p in planned if not p.teacher]
+    if not options.fuse:
+        return teachers + [[p] for p in students]
+    return teachers + column_groups(students, options.fuse_max, spec_of=lambda p: p.spec)
+
+
 def check_datasets(specs: list[RunSpec], session: Any) -> None:
     """Load each dataset of ``specs`` once (``session.dataset``), so a missing or malformed
     dataset is an error here, before anything is trained or submitted."""

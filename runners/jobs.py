@@ -61,6 +61,10 @@ class JobOptions:
     log_level: int = logging.INFO
     threads: int | None = None
     submitted: dict[str, Any] = field(default_factory=dict)
+    #: train the runs of a grid column in one fused pass (``--fuse``), at most ``fuse_max``
+    #: runs per pass (None: no limit); see :mod:`kdbench.column`
+    fuse: bool = False
+    fuse_max: int | None = None
 
     def env(self):  # -> kdbench.train.Env (imported late: jobs are unpickled before torch is needed)
         from kdbench.train import Env
@@ -92,30 +96,39 @@ def configure_job_process(options: JobOptions) -> None:
 
 
 class RunJob(submitit.helpers.Checkpointable):
-    """Execute one run spec in this process (see the module docstring)."""
+    """Execute one run spec in this process, or several as one fused column
+    (:func:`kdbench.run.execute_column`); see the module docstring."""
 
-    def __init__(self, spec: RunSpec, options: JobOptions, teacher: bool = False):
-        self.spec = spec
+    def __init__(self, specs: RunSpec | list[RunSpec], options: JobOptions, teacher: bool = False):
+        self.specs = [specs] if isinstance(specs, RunSpec) else list(specs)
         self.options = options
         self.teacher = teacher
 
-    def __call__(self) -> dict[str, Any]:
-        from kdbench.run import execute, run_label
+    @property
+    def spec(self) -> RunSpec:
+        return self.specs[0]
+
+    def __call__(self) -> list[dict[str, Any]]:
+        from kdbench.run import execute_column, run_label
 
         configure_job_process(self.options)
         options = self.options.with_submitted(job_id=current_slurm_job() or os.environ.get("SUBMITIT_LOCAL_JOB_ID"))
-        label = run_label(self.spec, teacher=self.teacher)
-        log.info("job %s: %s", options.submitted.get("job_id") or os.getpid(), label)
+        labels = [run_label(spec, teacher=self.teacher) for spec in self.specs]
+        log.info("job %s: %s", options.submitted.get("job_id") or os.getpid(), ", ".join(labels))
         # the runner ran the teachers before this job: a failed one is not trained again here
-        row = execute(self.spec, options.session(teacher_failures_final=True), keep_failed=options.keep_failed,
-                      label=label)
-        log.info("%s: %s", label, row.get("status"))
-        if row.get("status") == "failed":
-            raise RunFailed(f"{label} failed: {row.get('error')} (the row is in {row.get('run_dir')})")
-        return {k: v for k, v in row.items() if k != "traceback"}
+        rows = execute_column(self.specs, options.session(teacher_failures_final=True),
+                              keep_failed=options.keep_failed, labels=labels)
+        for label, row in zip(labels, rows):
+            log.info("%s: %s", label, row.get("status"))
+        failed = [(label, row) for label, row in zip(labels, rows) if row.get("status") == "failed"]
+        if failed:
+            raise RunFailed("; ".join(f"{label} failed: {row.get('error')} (the row is in {row.get('run_dir')})"
+                                      for label, row in failed))
+        return [{k: v for k, v in row.items() if k != "traceback"} for row in rows]
 
     def __repr__(self) -> str:
-        return f"RunJob({self.spec.method} {self.spec.pair} s{self.spec.seed})"
+        more = f" + {len(self.specs) - 1} fused" if len(self.specs) > 1 else ""
+        return f"RunJob({self.spec.method} {self.spec.pair} s{self.spec.seed}{more})"
 
 
 # -- job records ----------------------------------------------------------------------------

@@ -26,7 +26,7 @@ import submitit
 
 from kdbench.registry import register_runner
 from kdbench.run import git_sha, run_label
-from kdbench.runners.base import Planned, check_datasets, outcome, plan, rows_of
+from kdbench.runners.base import Planned, check_datasets, outcome, plan, rows_of, tasks
 from kdbench.runners.jobs import JobOptions, RunJob, job_paths, log_tail, write_job_record
 from kdbench.spec import RunSpec
 from kdbench.store import Store
@@ -122,27 +122,28 @@ class LocalRunner:
         log.info("local runner: %d of %d runs to do, %d at a time (%s)", len(todo), len(planned), parallel,
                  f"one GPU each of {gpus}" if gpus else f"{threads} CPU thread(s) each")
 
-        def start(item: Planned, slot: int) -> Any:
-            executor.update_parameters(**self.job_parameters(slot, gpus), name=f"kdbench-{item.spec.method}")
-            job = executor.submit(RunJob(item.spec, job_options, teacher=item.teacher))
-            write_job_record(item.run_dir, self.name, str(job.job_id), job_paths(job), git_sha=git_sha(),
-                             gpu=gpus[slot] if gpus else None)
-            log.info("started %s (pid %s)", run_label(item.spec, teacher=item.teacher), job.job_id)
+        def start(unit: list[Planned], slot: int) -> Any:
+            name = f"kdbench-{unit[0].spec.method}" if len(unit) == 1 else f"kdbench-column-{len(unit)}"
+            executor.update_parameters(**self.job_parameters(slot, gpus), name=name)
+            job = executor.submit(RunJob([p.spec for p in unit], job_options, teacher=unit[0].teacher))
+            for item in unit:
+                write_job_record(item.run_dir, self.name, str(job.job_id), job_paths(job), git_sha=git_sha(),
+                                 gpu=gpus[slot] if gpus else None, column_size=len(unit))
+            log.info("started %s (pid %s)", ", ".join(run_label(p.spec, teacher=p.teacher) for p in unit), job.job_id)
             return job
 
-        def finished(item: Planned, job: Any) -> None:
-            row = rows_of([item], options)[0]
-            if row.get("status") in ("done", "skipped", "failed"):
-                log.info("%s: %s", run_label(item.spec, teacher=item.teacher), outcome(row))
-            else:
-                log.warning("%s: the job ended without a result (%s); its log:\n%s",
-                            run_label(item.spec, teacher=item.teacher), job.state, log_tail(job.paths.stderr))
+        def finished(unit: list[Planned], job: Any) -> None:
+            for item, row in zip(unit, rows_of(unit, options)):
+                if row.get("status") in ("done", "skipped", "failed"):
+                    log.info("%s: %s", run_label(item.spec, teacher=item.teacher), outcome(row))
+                else:
+                    log.warning("%s: the job ended without a result (%s); its log:\n%s",
+                                run_label(item.spec, teacher=item.teacher), job.state, log_tail(job.paths.stderr))
 
-        teachers = [p for p in todo if p.teacher]
-        students = [p for p in todo if not p.teacher]
+        units = tasks(todo, options)
         throttle = Throttle(parallel, self.poll_s)
         try:
-            for wave in (teachers, students):
+            for wave in ([u for u in units if u[0].teacher], [u for u in units if not u[0].teacher]):
                 throttle.run(wave, start, finished)
         except KeyboardInterrupt:
             for _, job in throttle.running.values():

@@ -36,6 +36,7 @@ import submitit
 from kdbench.registry import register_runner
 from kdbench.run import git_sha, run_label
 from kdbench.runners.base import Planned, check_datasets, plan, rows_of
+from kdbench.column import column_groups
 from kdbench.runners.jobs import JobOptions, RunJob, job_paths, read_job_record, write_job_record
 from kdbench.runners.scheduler import ACTIVE_STATES, max_array_size, require_slurm, slurm_states
 from kdbench.spec import RunSpec
@@ -158,27 +159,30 @@ class SlurmRunner:
         t0, calls = time.perf_counter(), 0
         with submitit.helpers.clean_env():
             teachers = [p for p in todo if p.teacher]
-            for part in _chunks(teachers, chunk):
+            for part in _chunks([[p] for p in teachers], chunk):
                 jobs = self._submit_array(part, folder, job_options, dependency=None, sha=sha)
                 calls += 1
-                teacher_job.update({p.spec: str(j.job_id) for p, j in zip(part, jobs)})
+                teacher_job.update({unit[0].spec: str(j.job_id) for unit, j in zip(part, jobs)})
             groups: dict[str | None, list[Planned]] = defaultdict(list)
             for p in todo:
                 if not p.teacher:
                     tspec = p.spec.teacher_spec() if not p.spec.teacher_ckpt else None
                     groups[teacher_job.get(tspec) if tspec is not None else None].append(p)
             for dependency, members in groups.items():
-                for part in _chunks(members, chunk):
+                units = column_groups(members, options.fuse_max, spec_of=lambda p: p.spec) if options.fuse \
+                    else [[p] for p in members]  # a fused column is one job
+                for part in _chunks(units, chunk):
                     self._submit_array(part, folder, job_options, dependency=dependency, sha=sha)
                     calls += 1
         log.info("slurm runner: submitted %d run(s) in %d sbatch call(s) in %.2f s%s; `kdbench status` shows them",
                  len(todo), calls, time.perf_counter() - t0, " (held: release with `scontrol release <id>`)"
                  if self.hold else "")
 
-    def _submit_array(self, part: list[Planned], folder: Path, options: JobOptions, dependency: str | None,
+    def _submit_array(self, part: list[list[Planned]], folder: Path, options: JobOptions, dependency: str | None,
                       sha: str | None) -> list[Any]:
+        """One array job: an element per unit of ``part`` (a run, or a fused column)."""
         ex = self.executor(folder)
-        role = "teachers" if part[0].teacher else "students"
+        role = "teachers" if part[0][0].teacher else "students"
         # the name says what the array is and what it waits for (sacct shows names, not dependencies)
         ex.update_parameters(name=f"{self.job_name}-{role}" + (f"-after-{dependency}" if dependency else ""))
         extra: dict[str, Any] = {"requeue": True, **self.sbatch}
@@ -188,12 +192,14 @@ class SlurmRunner:
             extra["hold"] = True
         ex.update_parameters(slurm_additional_parameters=extra)
         with ex.batch():
-            jobs = [ex.submit(RunJob(p.spec, options, teacher=p.teacher)) for p in part]
-        for p, job in zip(part, jobs):
-            write_job_record(p.run_dir, self.name, str(job.job_id), job_paths(job), git_sha=sha,
-                             dependency=dependency, teacher=p.teacher)
-        log.info("submitted %d %s run(s) as Slurm array %s%s", len(part), role[:-1], str(jobs[0].job_id).split("_")[0],
-                 f" after {dependency}" if dependency else "")
+            jobs = [ex.submit(RunJob([p.spec for p in unit], options, teacher=unit[0].teacher)) for unit in part]
+        for unit, job in zip(part, jobs):
+            for p in unit:
+                write_job_record(p.run_dir, self.name, str(job.job_id), job_paths(job), git_sha=sha,
+                                 dependency=dependency, teacher=p.teacher, column_size=len(unit))
+        runs = sum(len(unit) for unit in part)
+        log.info("submitted %d %s run(s) as Slurm array %s%s%s", runs, role[:-1], str(jobs[0].job_id).split("_")[0],
+                 f" ({len(part)} fused columns)" if runs > len(part) else "", f" after {dependency}" if dependency else "")
         return jobs
 
     # -- waiting ----------------------------------------------------------------------------
