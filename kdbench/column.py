@@ -49,7 +49,7 @@ import torch
 from torch import Tensor, nn
 
 from kdbench.data import Batch, epoch_generator, member_generator
-from kdbench.method import Phase, StepInfo
+from kdbench.method import Needs, Phase, StepInfo
 from kdbench.taps import Outputs
 from kdbench.train import (FiniteWatch, Progress, TrainResult, derived_seed, random_stream, seed_everything,
                            teacher_outputs)
@@ -221,8 +221,11 @@ class Column:
         shared_t = None
         if sharing and self.teacher is not None:
             t0 = time.perf_counter()
+            union = Needs(stages="all" if any(s.trainer.method.taps.spatial for s in sharing) else (),
+                          preact=any(s.trainer.method.taps.preact for s in sharing))
             with sharing[0].trainer.autocast, torch.no_grad():
-                shared_t = self.teacher.forward_taps(base.x, preact=any(s.trainer.method.taps.preact for s in sharing))
+                # only the union of the taps is kept: the maps no member reads are freed at once
+                shared_t = teacher_outputs(self.teacher.forward_taps(base.x, preact=union.preact), union)
             teacher_share = (time.perf_counter() - t0) / len(sharing)
             for s in sharing:
                 s.shared_time += teacher_share

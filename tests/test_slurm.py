@@ -108,6 +108,23 @@ def test_slurm_grid_gives_the_inline_results_with_dependent_arrays(cluster, tmp_
     assert from_slurm == accuracy_tables(capsys.readouterr().out) and "top-1 accuracy" in from_slurm
 
 
+def test_a_fused_column_is_one_slurm_job_with_the_inline_results(cluster, tmp_path):
+    """``--fuse``: the students of the teacher's column (vanilla joins it only where it
+    shares the dependency: it has none, so it is its own job) run as one array element,
+    with the separate inline runs' numbers and weights."""
+    grid = slurm_grid(tmp_path, wait=True)
+    args = ["--methods", "kd,at", *KD_ONE_EPOCH[2:]]
+    assert main(["run", "--grid", str(grid), *args, "--fuse", "--out", str(tmp_path / "slurm")]) == 0
+    assert main(["run", *args, "--out", str(tmp_path / "inline")]) == 0
+    slurm, inline = rows_by_key(tmp_path / "slurm"), rows_by_key(tmp_path / "inline")
+    assert set(slurm) == set(inline) and len(slurm) == 4
+    for key, row in slurm.items():
+        assert row["top1_last"] == inline[key]["top1_last"] and same_weights(row, inline[key])
+    fused = [r for r in slurm.values() if r["method"] in ("kd", "at")]
+    assert all(r["fused"] and r["column_size"] == 2 for r in fused)
+    assert len({r["submitted"]["job_id"] for r in fused}) == 1
+
+
 def test_a_preempted_student_resumes_from_its_checkpoint_with_the_same_result(cluster, tmp_path):
     """Preemption as submitit simulates it (SIGTERM, then USR2) in the middle of epoch 2 or
     later: the job is requeued, resumes from its epoch checkpoint, and ends with the
