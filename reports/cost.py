@@ -11,6 +11,8 @@ baseline, then the others), from the done rows of ``result.json``:
   (``inference_stored_values``, e.g. CNN2GNN's training features) and inference time per
   image (``infer_ms_per_image``, mean over runs) — where the rows carry them; a number
   that differs between pairs is shown as its range ``min–max``;
+* a note on runs trained in fused columns (``own_time_s`` + ``shared_time_s`` make their
+  wall time: comparable with separate runs);
 * the teacher trainings the grid cost: the distinct teachers its students learnt from
   that were trained in this folder (their runs found by the teacher key), with their wall
   time, and how many came from supplied checkpoints instead.
@@ -88,6 +90,13 @@ def build_costs(records: list[dict[str, Any]], dataset: str, baseline: str = REF
                           rows=table_rows, teachers_trained=len(trained),
                           teachers_wall_s=sum(float(r.get("wall_time_s") or 0.0) for r in trained),
                           teachers_from_checkpoints=len(from_ckpt))
+        fused = [r for r in distill + vanilla if r.get("status") == "done" and r.get("fused")]
+        if fused:
+            own = sum(float(r.get("own_time_s") or 0.0) for r in fused)
+            shared = sum(float(r.get("shared_time_s") or 0.0) for r in fused)
+            table.notes.append(f"{len(fused)} run(s) trained in fused columns (--fuse): their wall time is their own "
+                               f"compute plus a share of the column's batches and teacher forwards ({own:.1f} s own + "
+                               f"{shared:.1f} s shared in total)")
         missing = len(teacher_keys) - len(trained) - len(from_ckpt)
         if missing > 0:
             table.notes.append(f"{missing} teacher(s) not trained in this folder (or not finished): not counted")

@@ -177,3 +177,17 @@ def test_local_runner_runs_a_fused_column_as_one_job(tmp_path):
     jobs = {json.loads((Path(r["run_dir"]) / "job.json").read_text())["job_id"]
             for r in rows(tmp_path / "local").values() if r["fused"]}
     assert len(jobs) == 1
+
+
+def test_the_cost_table_says_which_runs_were_fused():
+    from kdbench.reports.cost import build_costs
+
+    def row(method, fused, teacher="resnet20"):
+        return {"dataset": "digits", "method": method, "teacher": teacher, "student": "resnet8", "status": "done",
+                "run_key": method, "teacher_key": "t", "recipe": {"epochs": 1}, "wall_time_s": 3.0,
+                "own_time_s": 2.5 if fused else 3.0, "shared_time_s": 0.5 if fused else 0.0, "fused": fused}
+
+    [table] = build_costs([row("kd", True), row("at", True), row("dkd", False)], "digits")
+    assert any("2 run(s) trained in fused columns" in n and "5.0 s own + 1.0 s shared" in n for n in table.notes)
+    [plain] = build_costs([row("kd", False)], "digits")
+    assert not any("fused" in n for n in plain.notes)
