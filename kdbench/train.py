@@ -1,4 +1,7 @@
-"""The training engine: one loop for every method and every training phase (DESIGN §7).
+"""The training engine's per-run part (DESIGN §7): a run's state, its training step,
+evaluation, checkpoints and resume. The epoch loop that drives it is
+:class:`kdbench.column.Column` — for one run (:meth:`Trainer.fit`, a column of one) or for
+a fused column of runs that share their batches and teacher.
 
 The teacher is frozen once (``eval()``, no gradients); the student and the method's
 trainable modules are optimised with SGD under the recipe. Extra phases declared by the
