@@ -1,4 +1,4 @@
-"""The command line: ``kdbench run | list | status | report`` (thin: all logic lives in
+"""The command line: ``kdbench run | list | status | report | probe`` (thin: all logic lives in
 grids, runs, runners and reports)."""
 from __future__ import annotations
 
@@ -159,7 +159,9 @@ def make_parser() -> argparse.ArgumentParser:
                                            "results folder, or a published table")
     _out_arg(report)
     report.add_argument("--dataset", help="dataset to report (required if the folder holds several)")
-    report.add_argument("--metric", default="last", choices=["last", "best", "top5", "time"])
+    report.add_argument("--metric", default="last", type=_report_metric, metavar="last|best|top5|time|probe:TARGET",
+                        help="what the cells show (default last); probe:TARGET: the linear-probe accuracy on TARGET "
+                             "written by `kdbench probe` (probe:TARGET@KEY picks one of several probe settings)")
     report.add_argument("--format", default="terminal", choices=["terminal", "md", "latex", "html", "csv", "json"])
     report.add_argument("--baseline", default="kd", metavar="METHOD",
                         help="the row every arrow compares with (default kd; its own arrow is against vanilla)")
@@ -172,9 +174,31 @@ def make_parser() -> argparse.ArgumentParser:
     report.add_argument("--alpha", type=float, default=0.05, help="level of the arrows' Welch t-tests (default 0.05)")
     report.add_argument("--plots", metavar="DIR", help="also write the plots as PNG files into DIR")
     report.add_argument("--output", metavar="FILE", help="write to FILE instead of standard output")
-    for subcommand in (run, lst, status, report):
+    probe = sub.add_parser("probe", help="linear-probe transfer (HKD Table 4): a linear classifier on every done "
+                                         "student's frozen embeddings of another dataset; cached in each run folder")
+    _out_arg(probe)
+    probe.add_argument("--dataset", help="the source dataset the students were trained on (default: the only one "
+                                         "with done runs in the folder)")
+    probe.add_argument("--target", action="append", required=True, metavar="DATASET[,DATASET…]",
+                       help="dataset(s) to probe on, e.g. stl10,tiny_imagenet (repeatable)")
+    probe.add_argument("--data-root", help="data root (default: $KDBENCH_DATA or ~/.cache/kdbench/data)")
+    probe.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or mps (does not change the key)")
+    probe.add_argument("--weight-decay", type=float, help="the classifier's L2 weight decay (default 5e-4)")
+    probe.add_argument("--max-iter", type=int, help="L-BFGS iterations (default 100)")
+    _import_arg(probe)
+    for subcommand in (run, lst, status, report, probe):
         _verbosity_args(subcommand)
     return parser
+
+
+def _report_metric(text: str) -> str:
+    """``--metric``: last, best, top5, time or probe:TARGET[@KEY]."""
+    from kdbench.reports.leaderboard import METRICS, probe_target
+
+    if text in METRICS or probe_target(text):
+        return text
+    raise argparse.ArgumentTypeError(f"{text!r} is not a metric: choose from {', '.join(METRICS)} or probe:TARGET "
+                                     f"(e.g. probe:stl10)")
 
 
 def setup_logging(verbose: int, quiet: bool) -> None:
@@ -370,7 +394,13 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    from kdbench.reports.leaderboard import probe_target
     from kdbench.reports.report import Options, build_published_report, check_outside, from_folder, render, write_plots
+
+    if probe_target(args.metric):
+        from kdbench.datasets import get_dataset
+
+        get_dataset(probe_target(args.metric))  # an unknown target: "did you mean"
 
     opts = Options(dataset=args.dataset, metric=args.metric, baseline=args.baseline, ari_ref=args.ari_ref,
                    compare=args.compare, sort=args.sort, alpha=args.alpha,
@@ -394,7 +424,60 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "list": cmd_list, "status": cmd_status, "report": cmd_report}
+def cmd_probe(args: argparse.Namespace) -> int:
+    """Probe every done student of the source dataset on each target (cached), then print
+    the probe leaderboard of each target: the same table as ``report --metric probe:T``."""
+    import math
+
+    from kdbench.datasets import get_dataset, load_dataset
+    from kdbench.probe import ProbeConfig, probe_key, probe_store
+    from kdbench.reports.render import render_tables
+    from kdbench.reports.report import Options, from_folder
+    from kdbench.store import Store
+    from kdbench.train import Env
+
+    import_user_modules(args.imports)
+    targets = list(dict.fromkeys(t.strip() for item in args.target for t in item.split(",") if t.strip()))
+    if not targets:
+        raise GridError("--target: name at least one dataset to probe on, e.g. --target stl10")
+    for name in targets:
+        get_dataset(name)  # unknown: "did you mean", before anything is loaded
+    defaults = ProbeConfig()
+    cfg = ProbeConfig(weight_decay=defaults.weight_decay if args.weight_decay is None else args.weight_decay,
+                      max_iter=defaults.max_iter if args.max_iter is None else args.max_iter)
+    if not (math.isfinite(cfg.weight_decay) and cfg.weight_decay >= 0):
+        raise GridError(f"--weight-decay must be a finite number >= 0, got {cfg.weight_decay}")
+    if cfg.max_iter < 1:
+        raise GridError(f"--max-iter must be >= 1, got {cfg.max_iter}")
+    device = Env(device=args.device).torch_device
+    store = Store(args.out)
+    held = sorted({r["dataset"] for r in store.iter_results() if r.get("status") == "done" and r.get("dataset")})
+    if args.dataset is not None:
+        get_dataset(args.dataset)
+    if not held or (args.dataset is not None and args.dataset not in held):
+        what = f"on dataset {args.dataset} " if args.dataset else ""
+        holds = f"; it holds done runs on: {', '.join(held)}" if held else ""
+        raise GridError(f"no done runs {what}in {store.root}{holds}; train them first with "
+                        f"`kdbench run{f' --dataset {args.dataset}' if args.dataset else ''} --out {args.out}`")
+    if args.dataset is None and len(held) > 1:
+        raise GridError(f"{store.root} holds done runs on several datasets ({', '.join(held)}): choose the source "
+                        f"with --dataset")
+    dataset = args.dataset or held[0]
+    color = sys.stdout.isatty()
+    for name in targets:
+        target = load_dataset(name, args.data_root)  # missing or malformed: the dataset's own DatasetError
+        try:
+            rows = probe_store(store.root, dataset, target, cfg, device)
+        except OSError as exc:
+            raise GridError(f"cannot write the probe results into {store.root} ({exc.strerror or exc})") from None
+        log.info("probe %s -> %s: %d run(s) probed", dataset, name, len(rows))
+        report = from_folder(store.root, Options(dataset=dataset, metric=f"probe:{name}@{probe_key(name, cfg)}"))
+        notes = "".join(f"{n}\n" for n in report.notes)
+        sys.stdout.write(render_tables([s.table for s in report.sections], color=color) + "\n" + notes)
+    return 0
+
+
+COMMANDS = {"run": cmd_run, "list": cmd_list, "status": cmd_status, "report": cmd_report, "probe": cmd_probe}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

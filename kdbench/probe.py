@@ -14,20 +14,21 @@ the train split's per-dimension mean and std, weights and bias from zero, full-b
 ``weight_decay/2 · ‖W‖²``. Deterministic: the same run and target give the same number.
 
 Cached like every run: the result is written atomically to
-``<run folder>/probes/<target>-<key>.json``, ``key`` hashing the target, the probe options and
+``<run folder>/probes/<target>-<key>.json`` (:func:`probe_path`; characters other than
+letters, digits, ``_.-`` in the target's name, e.g. the path of ``imagefolder:<path>``,
+become ``_``), ``key`` hashing the target's full name, the probe options and
 :data:`PROBE_VERSION`; a probe that exists is read back, never recomputed.
 
 :func:`probe_store` probes every done run of a results folder on one source dataset
-(teachers and vanilla students included: Table 4 lists them); :func:`probe_table` aggregates
-the rows per method and pair. ``python -m kdbench.probe --out DIR --dataset cifar100 --target
-stl10`` runs both and prints the table (until ``kdbench probe`` and the report take it over).
+(teachers and vanilla students included: Table 4 lists them). ``kdbench probe`` runs it and
+prints the leaderboard of the probe accuracies; ``kdbench report --metric probe:<target>``
+renders them in every report format (:mod:`kdbench.reports.probes` reads the cache files).
+``python -m kdbench.probe ARGS`` is ``kdbench probe ARGS``.
 """
 from __future__ import annotations
 
-import argparse
-import dataclasses
 import logging
-import statistics
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -122,10 +123,24 @@ def probe_key(target: str, cfg: ProbeConfig) -> str:
     return short_hash({"target": target, "probe": cfg.key_fields(), "version": PROBE_VERSION})
 
 
+#: Folder of a run's probe cache files.
+PROBES = "probes"
+
+
+def probe_file_prefix(target: str) -> str:
+    """The file-name prefix of ``target``'s probes (``imagefolder:/a/b`` -> ``imagefolder__a_b``)."""
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", target)
+
+
+def probe_path(run_dir: str | Path, target: str, key: str) -> Path:
+    """``<run_dir>/probes/<target>-<key>.json`` (the target's name made file-safe)."""
+    return Path(run_dir) / PROBES / f"{probe_file_prefix(target)}-{key}.json"
+
+
 def probe_run(run_dir: Path, source_mean: Iterable[float], source_std: Iterable[float], target: ImageData,
               cfg: ProbeConfig = ProbeConfig(), device: torch.device | str = "cpu") -> dict[str, Any]:
     """The probe of one finished run on ``target`` (read from its cache file if present)."""
-    path = Path(run_dir) / "probes" / f"{target.name}-{probe_key(target.name, cfg)}.json"
+    path = probe_path(run_dir, target.name, probe_key(target.name, cfg))
     cached = read_json(path)
     if isinstance(cached, dict) and "probe_top1" in cached:
         return cached
@@ -138,7 +153,7 @@ def probe_run(run_dir: Path, source_mean: Iterable[float], source_std: Iterable[
         top1 = (clf(feats["test"]).argmax(1) == target.test_labels).float().mean().item() * 100.0
     row = {"probe_top1": round(top1, 4), "target": target.name, "num_train": len(target.train_labels),
            "num_test": len(target.test_labels), "feature_dim": feats["train"].shape[1], "image_size": size,
-           "probe": cfg.key_fields(), "probe_version": PROBE_VERSION}
+           "probe": cfg.key_fields(), "probe_version": PROBE_VERSION, "probe_key": probe_key(target.name, cfg)}
     atomic_write_json(path, row)
     log.info("probe %s on %s: %.2f %%", run_dir, target.name, top1)
     return row
@@ -164,38 +179,11 @@ def probe_store(out: str | Path, dataset: str, target: ImageData, cfg: ProbeConf
     return rows
 
 
-def probe_table(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Mean ± std (sample std, 0 for one seed) of ``probe_top1`` per method and pair."""
-    cells: dict[tuple[str, str, str], list[float]] = {}
-    for r in rows:
-        pair = f"{r['teacher']}->{r['student']}" if r.get("teacher") else str(r["student"])
-        cells.setdefault((r["target"], str(r["method"]), pair), []).append(float(r["probe_top1"]))
-    return [{"target": t, "method": m, "pair": p, "mean": statistics.fmean(v),
-             "std": statistics.stdev(v) if len(v) > 1 else 0.0, "n": len(v)} for (t, m, p), v in sorted(cells.items())]
-
-
 def main(argv: list[str] | None = None) -> int:
-    """``python -m kdbench.probe``: probe a results folder and print the table."""
-    from tabulate import tabulate
+    """``python -m kdbench.probe ARGS``: the same as ``kdbench probe ARGS``."""
+    from kdbench.cli import main as cli_main
 
-    from kdbench.datasets import load_dataset
-
-    p = argparse.ArgumentParser(prog="python -m kdbench.probe", description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", default="kdbench-out")
-    p.add_argument("--dataset", default="digits", help="the source dataset the students were trained on")
-    p.add_argument("--target", required=True, help="the dataset to probe on (e.g. stl10, tiny_imagenet)")
-    p.add_argument("--data-root")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--weight-decay", type=float, default=ProbeConfig.weight_decay)
-    p.add_argument("--max-iter", type=int, default=ProbeConfig.max_iter)
-    args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    cfg = dataclasses.replace(ProbeConfig(), weight_decay=args.weight_decay, max_iter=args.max_iter)
-    target = load_dataset(args.target, args.data_root)
-    table = probe_table(probe_store(args.out, args.dataset, target, cfg, args.device))
-    sys.stdout.write(tabulate([[r["method"], r["pair"], f"{r['mean']:.2f} ± {r['std']:.2f}", r["n"]] for r in table],
-                              headers=["method", "pair", f"probe top-1 on {args.target}", "seeds"]) + "\n")
-    return 0
+    return cli_main(["probe", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

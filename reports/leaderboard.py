@@ -50,6 +50,32 @@ STUDENT_METHOD = "vanilla"
 METRICS = {"last": "top1_last", "best": "top1_best", "top5": "top5_last", "time": "wall_time_s"}
 METRIC_TITLES = {"last": "top-1 accuracy (%), last epoch", "best": "top-1 accuracy (%), best epoch",
                  "top5": "top-5 accuracy (%), last epoch", "time": "wall time per run (s)"}
+#: A linear-probe metric: ``probe:<target>`` (``probe:<target>@<probe key>`` picks one probe
+#: setting); rows carry the probe accuracy under the metric's own name (kdbench.reports.probes).
+PROBE_PREFIX = "probe:"
+
+
+def probe_target(metric: str) -> str | None:
+    """The target dataset of a probe metric (``None`` for the other metrics)."""
+    if not metric.startswith(PROBE_PREFIX) or not metric[len(PROBE_PREFIX):]:
+        return None
+    return metric[len(PROBE_PREFIX):].partition("@")[0] or None
+
+
+def metric_column(metric: str) -> str:
+    """The result-row field a leaderboard of ``metric`` shows."""
+    if metric in METRICS:
+        return METRICS[metric]
+    if probe_target(metric) is not None:
+        return metric
+    raise ValueError(f"unknown metric {metric!r}; choose from {', '.join(METRICS)} or {PROBE_PREFIX}<target dataset>")
+
+
+def metric_title(metric: str) -> str:
+    target = probe_target(metric)
+    return f"linear-probe top-1 accuracy (%) on {target}" if target else METRIC_TITLES[metric]
+
+
 #: Recipe fields every caption shows; the others only when tables of a folder differ in them.
 CAPTION_FIELDS = ("epochs", "batch_size", "lr")
 #: Longest error text a leaderboard footer shows per failed run (the run folder has it all).
@@ -269,8 +295,7 @@ def build_leaderboards(df: pd.DataFrame, dataset: str | None = None, metric: str
     """One :class:`Table` per students' recipe among the rows of ``dataset`` that hold a
     distillation run (see the module docstring), ordered by epochs, batch size, lr; arrows
     against ``baseline``, tested at ``alpha``."""
-    if metric not in METRICS:
-        raise ValueError(f"unknown metric {metric!r}; choose from {', '.join(METRICS)}")
+    metric_column(metric)  # an unknown metric is an error
     records = _records(df)
     dataset = choose_dataset((r.get("dataset") for r in records), dataset)
     records = [r for r in records if r.get("dataset") == dataset]
@@ -342,7 +367,7 @@ def _build_table(rows: list[dict[str, Any]], by_key: dict[str, dict[str, Any]], 
                  pairs: list[tuple[str, str]] | None, methods: list[str] | None, expected_seeds: int | None,
                  caption: str, baseline: str = REFERENCE_METHOD, alpha: float = ALPHA) -> Table:
     """The table of one recipe's rows."""
-    col = METRICS[metric]
+    col = metric_column(metric)
     own_rows = [r for r in rows if r.get("own_student")]
     teacher_rows = [r for r in rows if r.get("teacher") and not r.get("own_student")]
     columns = _columns(teacher_rows, pairs, by_key)
@@ -383,7 +408,7 @@ def _build_table(rows: list[dict[str, Any]], by_key: dict[str, dict[str, Any]], 
     method_names = [v.name for v in variants if v.method != STUDENT_METHOD]
     for c in columns:
         mark_column(cells, method_names, c.name, reference, base, timing=(metric == "time"), alpha=alpha)
-    title = f"{dataset}: {METRIC_TITLES[metric]}, mean ± std over seeds"
+    title = f"{dataset}: {metric_title(metric)}, mean ± std over seeds"
     teachers = sorted({teacher_description(r, by_key) for r in teacher_rows})
     full_caption = f"runs with {caption}" + (f"; teachers: {' | '.join(teachers)}" if teachers else "")
     return Table(title=title, columns=[c.name for c in columns], rows=["teacher", *names], cells=cells,
@@ -431,7 +456,7 @@ def _teacher_cell(pair_rows: list[dict[str, Any]], by_key: dict[str, dict[str, A
     supplied checkpoint, which has no top-5 or training time."""
     keys = [r.get("teacher_key") for r in pair_rows if r.get("teacher_key")]
     own = next((by_key[k] for k in keys if k in by_key and by_key[k].get("status") == "done"), None)
-    value = own.get(METRICS[metric]) if own else None
+    value = own.get(metric_column(metric)) if own else None
     from_checkpoint = any(r.get("teacher_ckpt") for r in pair_rows)
     if value is None and (metric == "last" or (metric == "best" and from_checkpoint)):
         value = next((r["teacher_top1"] for r in pair_rows if r.get("teacher_top1") is not None), None)

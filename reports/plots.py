@@ -21,7 +21,7 @@ from matplotlib import colormaps
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from kdbench.reports.leaderboard import Table
+from kdbench.reports.leaderboard import Table, probe_target
 from kdbench.reports.loader import read_curve
 
 log = logging.getLogger(__name__)
@@ -78,6 +78,9 @@ def accuracy_vs_time(acc: Table, time: Table) -> bytes | None:
 
 
 def _metric_label(table: Table) -> str:
+    target = probe_target(table.metric)
+    if target:
+        return f"probe top-1 on {target} (%)"
     return {"best": "top-1 best (%)", "top5": "top-5 (%)"}.get(table.metric, "top-1 (%)")
 
 

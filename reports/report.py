@@ -1,8 +1,9 @@
 """``kdbench report``: a results folder (or a published table) to a report in one format.
 
 :func:`build_report` reads the folder (:mod:`~kdbench.reports.loader`, read only), builds
-the leaderboards of the chosen metric (one per recipe) with their tests, the summary
-columns (Δ, mean rank, ARI against ``ari_ref``), optionally sorted, the published numbers
+the leaderboards of the chosen metric (one per recipe; ``probe:<target>``: the linear-probe
+accuracies cached by ``kdbench probe``, :mod:`~kdbench.reports.probes`) with their tests, the
+summary columns (Δ, mean rank, ARI against ``ari_ref``), optionally sorted, the published numbers
 beside the cells (``compare``), the wall-time tables and cost tables, and — for the
 formats that show them — the plots. :func:`build_published_report` does the same for a
 published table alone (no costs; bars only). :func:`render` writes one format:
@@ -16,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from kdbench.reports.cost import COLUMNS, CostTable, build_costs, cost_cells, teacher_line
-from kdbench.reports.leaderboard import REFERENCE_METHOD, Table, build_leaderboards, rows_frame
+from kdbench.reports.leaderboard import (REFERENCE_METHOD, Table, build_leaderboards, choose_dataset, probe_target,
+                                        rows_frame)
 from kdbench.reports.stats import ALPHA
 from kdbench.reports.summary import compute_summary, sort_rows
 
@@ -108,7 +110,15 @@ def from_folder(out: str | Path, opts: Options) -> Report:
 def build_report(records: list[dict[str, Any]], source: str, opts: Options, queued: int = 0) -> Report:
     """The report of result rows (and waiting runs' rows) ``records``."""
     df = rows_frame(records)
-    tables = build_leaderboards(df, opts.dataset, opts.metric, baseline=opts.baseline, alpha=opts.alpha)
+    notes = []
+    board = df
+    if probe_target(opts.metric):  # probe accuracies read from the runs' probe files
+        from kdbench.reports.probes import with_probes
+
+        dataset = choose_dataset((r.get("dataset") for r in records), opts.dataset)
+        probed, notes = with_probes(records, opts.metric, source, dataset)
+        board = rows_frame(probed)
+    tables = build_leaderboards(board, opts.dataset, opts.metric, baseline=opts.baseline, alpha=opts.alpha)
     if not tables:
         raise NoDistillationRuns(f"no distillation runs for {opts.dataset or 'the dataset'} in {source}")
     times = tables if opts.metric == "time" else build_leaderboards(df, opts.dataset, "time", baseline=opts.baseline)
@@ -123,7 +133,6 @@ def build_report(records: list[dict[str, Any]], source: str, opts: Options, queu
 
             section.plots = report_plots(table, time)
         sections.append(section)
-    notes = []
     if queued:
         notes.append(f"{queued} submitted run(s) have not started yet (no spec.json, so not placed in the table); "
                      f"`kdbench status` with the grid's flags names them.")

@@ -1,17 +1,12 @@
 """Linear-probe transfer evaluation (kdbench.probe): the classifier's optimum checked by a naive
-gradient, feature extraction by hand values, and a probe from digits to a small STL-10 set."""
+gradient, feature extraction by hand values, cache file names. The probe of a trained folder
+through ``kdbench probe`` and ``kdbench report --metric probe:<target>``: tests/test_probe_cli.py."""
 import math
-from pathlib import Path
 
-import pytest
 import torch
 
 from kdbench import probe
-from kdbench.cli import main as kdbench_main
-from kdbench.datasets.stl10 import STL10
 from kdbench.taps import Outputs
-
-from fake_datasets import write_stl10
 
 
 def naive_objective_gradient(x, y, weight, bias, num_classes, wd):
@@ -75,34 +70,6 @@ def test_features_are_resized_and_normalised_with_the_source_statistics():
     assert torch.allclose(f[1], torch.full((48,), (0.8 - 0.5) / 0.25))
 
 
-def test_a_probe_from_digits_to_a_small_stl10_runs_and_is_cached(tmp_path, capsys, monkeypatch):
-    out = tmp_path / "out"
-    assert kdbench_main(["run", "--methods", "kd", "--pairs", "resnet8->resnet8", "--epochs", "1",
-                         "--teacher-epochs", "1", "--seeds", "1", "--batch-size", "128", "--no-progress",
-                         "--out", str(out)]) == 0
-    capsys.readouterr()
-    write_stl10(tmp_path / "data", n_train=30, n_test=12)
-    target = STL10(expected_train=30, expected_test=12).load(tmp_path / "data")
-    rows = probe.probe_store(out, "digits", target)
-    assert {r["method"] for r in rows} == {"vanilla", "kd"}
-    for r in rows:
-        assert 0 <= r["probe_top1"] <= 100 and r["target"] == "stl10" and r["image_size"] == 32
-        assert r["num_train"] == 30 and r["num_test"] == 12
-        assert len(list((Path(r["run_dir"]) / "probes").glob("stl10-*.json"))) == 1
-
-    def refit(*args, **kwargs):
-        raise AssertionError("a cached probe was recomputed")
-
-    monkeypatch.setattr(probe, "fit_linear_probe", refit)
-    again = probe.probe_store(out, "digits", target)
-    assert [r["probe_top1"] for r in again] == [r["probe_top1"] for r in rows]
-    with pytest.raises(AssertionError, match="recomputed"):  # other options: another cache entry
-        probe.probe_store(out, "digits", target, probe.ProbeConfig(weight_decay=1e-3))
-    monkeypatch.undo()
-
-    table = probe.probe_table(rows)
-    assert {(t["method"], t["pair"], t["n"]) for t in table} == {("vanilla", "resnet8", 1), ("kd", "resnet8->resnet8", 1)}
-    monkeypatch.setattr("kdbench.datasets.load_dataset", lambda name, root=None: target)  # the 30-image set
-    assert probe.main(["--out", str(out), "--target", "stl10"]) == 0
-    printed = capsys.readouterr().out
-    assert "probe top-1 on stl10" in printed and "resnet8->resnet8" in printed
+def test_probe_file_names_are_safe_for_any_target_name(tmp_path):
+    path = probe.probe_path(tmp_path, "imagefolder:/data/my set", "abc")
+    assert path == tmp_path / "probes" / "imagefolder__data_my_set-abc.json"
