@@ -37,6 +37,7 @@ from kdbench.grid import build_grid
 from kdbench.models import create_model
 from kdbench.train import Env, Progress, Trainer
 
+log = logging.getLogger("benchmarks.fused_column")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from fake_datasets import write_cifar100  # noqa: E402  (the genuine on-disk format)
 
@@ -93,7 +94,8 @@ def main() -> None:
     p.add_argument("--num-train", type=int, default=50000)
     p.add_argument("--methods", default="all")
     args = p.parse_args()
-    logging.basicConfig(level=logging.WARNING)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s")
+    log.setLevel(logging.INFO)
     FirstSteps.steps = args.steps
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
@@ -117,6 +119,7 @@ def main() -> None:
                 column = Column([at_main_epoch(m, epoch) for m in members])
                 t0 = time.perf_counter()
                 states = column.train_epoch(members, quiet)
+                log.info("round %d, fused: %.2f s", r, time.perf_counter() - t0)
                 if r >= 0:
                     fused_total.append(time.perf_counter() - t0)
                     for s in states:
@@ -127,8 +130,10 @@ def main() -> None:
                     column = Column([at_main_epoch(m, epoch)])
                     t0 = time.perf_counter()
                     column.train_epoch([m], quiet)
+                    took = time.perf_counter() - t0
+                    log.info("round %d, separately: %s %.2f s", r, m.desc, took)
                     if r >= 0:
-                        separate[m.desc].append(time.perf_counter() - t0)
+                        separate[m.desc].append(took)
 
             for side in ((run_separate, run_fused) if r % 2 == 0 else (run_fused, run_separate)):
                 side()

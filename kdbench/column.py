@@ -131,7 +131,7 @@ class Column:
         self.teacher = next((m.teacher for m in members if m.teacher is not None), None)
         self.desc = desc or (first.desc if not self.fused else f"column of {len(members)} ({first.desc}, …)")
         self.device = first.device
-        self.data = first.train_data
+        self.data = first.train_data.base  # the standard batches, built once for every member
         self.errors: dict[int, BaseException] = {}
         cuda = self.device if self.device.type == "cuda" else None
         self.rngs = {id(m): GlobalRNG(cuda) for m in members}

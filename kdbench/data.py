@@ -331,6 +331,11 @@ class TrainData:
         """The standard-augmented uint8 batch for these indices (before normalisation)."""
         return augment_batch(self.images[idx_cpu.to(self.device)], self.augment, gen)
 
+    @property
+    def base(self) -> "TrainData":
+        """The standard training data (this object; a wrapper's is the one it wraps)."""
+        return self
+
     def base_batch(self, idx_cpu: Tensor, gen: torch.Generator) -> Batch:
         """The standard batch of rows ``idx_cpu``: augmented with draws from ``gen`` (the
         shared stream), normalised; ``source`` keeps the augmented uint8 rows."""
@@ -368,6 +373,17 @@ class TrainDataWrapper(TrainData):
     def __init__(self, inner: TrainData):  # noqa: D107 - shares state, no copy
         self.__dict__.update(inner.__dict__)
         self.inner = inner
+
+    @property
+    def base(self) -> TrainData:
+        """The standard training data under every wrapper."""
+        return self.inner.base
+
+    def steps_per_epoch(self) -> int:
+        return self.inner.steps_per_epoch()
+
+    def epoch_indices(self, gen: torch.Generator) -> list[Tensor]:
+        return self.inner.epoch_indices(gen)
 
     def base_batch(self, idx_cpu: Tensor, gen: torch.Generator) -> Batch:
         return self.inner.base_batch(idx_cpu, gen)
