@@ -14,8 +14,11 @@ computes depends on the others:
 
 * the batches are the same: at one seed every method's main phase sees the same order,
   crops and flips (stream 0), and a method's extra draws come from its own generator;
-* the teacher's outputs are the same tensors the member would compute itself; a member
-  whose batch is not the standard one (CCD's doubled batch) runs its own teacher forward;
+* the teacher's outputs are the same tensors the member would compute itself: a member
+  whose batch is not the standard one runs its own teacher forward, except on the
+  standard rows when it declares it can reuse them
+  (:attr:`kdbench.method.Method.teacher_on_standard_rows`: CCD's original view — it splits
+  its teacher forward the same way when it runs alone);
 * each member has its own global RNG state (torch, CUDA, Python, NumPy), swapped in for
   everything it does (dropout, random init of late buffers…): at the start of every epoch
   the global RNGs are seeded from ``(seed, stream, epoch)`` exactly as a separate run does,
@@ -217,7 +220,8 @@ class Column:
             s.own_time += time.perf_counter() - t0
             if batch is not None:
                 batches[id(s)] = batch
-        sharing = [s for s in states if id(s) in batches and s.use_teacher and batches[id(s)].x is base.x]
+        sharing = [s for s in states if id(s) in batches and s.use_teacher and
+                   (batches[id(s)].x is base.x or s.trainer.method.teacher_on_standard_rows)]
         shared_t = None
         if sharing and self.teacher is not None:
             t0 = time.perf_counter()
@@ -232,9 +236,13 @@ class Column:
         for s in states:
             if id(s) not in batches:
                 continue
-            t = teacher_outputs(shared_t, s.trainer.method.taps) if s in sharing and shared_t is not None else None
+            t = standard = None
+            if s in sharing and shared_t is not None:
+                standard = teacher_outputs(shared_t, s.trainer.method.taps)
+                if batches[id(s)].x is base.x:  # the standard batch: these are its teacher outputs
+                    t, standard = standard, None
             t0 = time.perf_counter()
-            self._guard(s.trainer, self._member_step, s, batches[id(s)], t, i, steps)
+            self._guard(s.trainer, self._member_step, s, batches[id(s)], t, standard, i, steps)
             s.own_time += time.perf_counter() - t0
 
     # -- member steps (each under its own RNG when fused) -------------------------------
@@ -253,11 +261,13 @@ class Column:
     def _member_batch(self, s: MemberEpoch, base: Batch) -> Batch:
         return s.trainer.train_data.extend(base.copy(), s.own_gen)
 
-    def _member_step(self, s: MemberEpoch, batch: Batch, t: Outputs | None, i: int, steps: int) -> None:
+    def _member_step(self, s: MemberEpoch, batch: Batch, t: Outputs | None, standard: Outputs | None, i: int,
+                     steps: int) -> None:
         m = s.trainer
         info = StepInfo(phase=s.phase.name, epoch=s.epoch, epochs=s.phase.epochs, step=(s.epoch - 1) * steps + i,
                         steps_per_epoch=steps)
-        terms, hits = m.train_step(s.optimizer, s.phase, batch, info, s.run_student, s.use_teacher, teacher_out=t)
+        terms, hits = m.train_step(s.optimizer, s.phase, batch, info, s.run_student, s.use_teacher, teacher_out=t,
+                                   standard_out=standard)
         s.watch.add(i, terms)
         if hits is not None:
             s.correct += hits

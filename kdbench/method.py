@@ -245,6 +245,20 @@ class Method(nn.Module):
         """``needs`` under this method's own Config."""
         return type(self).needs(self.cfg)
 
+    #: The method's training batches are not the standard ones (their ``x`` is not the
+    #: standard batch), but :meth:`teacher_forward` can reuse the teacher's outputs on the
+    #: standard rows, which a fused column computes once (CCD: its original-view rows).
+    teacher_on_standard_rows: bool = False
+
+    def teacher_forward(self, teacher: nn.Module, batch: Batch, preact: bool,
+                        standard: Outputs | None = None) -> Outputs:
+        """The frozen teacher's outputs on a training batch (called under ``no_grad``;
+        default: ``teacher.forward_taps(batch.x)``). ``standard``: the teacher's outputs on
+        the standard rows of the batch, already computed, for a method that declares
+        :attr:`teacher_on_standard_rows` (``None`` otherwise); using them must give exactly
+        what computing them would."""
+        return teacher.forward_taps(batch.x, preact=preact)
+
     def student_forward(self, student: nn.Module, batch: Batch, teacher_out: Outputs | None,
                         preact: bool) -> Outputs:
         """The student's outputs for a training batch (default: ``student.forward_taps``).

@@ -233,21 +233,24 @@ def teacher_outputs(out: Outputs, needs: Needs) -> Outputs:
 
 
 def phase_losses(student: nn.Module | None, teacher: nn.Module | None, phase: Phase, batch, info: StepInfo,
-                 method: Method, teacher_out: Outputs | None = None) -> tuple[Any, dict[str, Tensor]]:
+                 method: Method, teacher_out: Outputs | None = None,
+                 standard_out: Outputs | None = None) -> tuple[Any, dict[str, Tensor]]:
     """One step's forward passes and named loss terms (CE first when the phase uses it).
 
     The teacher runs first, under ``no_grad``, and keeps only the taps the method needs
     (logits and embedding always; stage maps, stem and pre-activations only for spatial
     methods), so its large activations are freed before the student's forward reuses the
-    memory; ``teacher_out`` given (a fused column's shared forward) replaces it. The
-    student runs through ``method.student_forward`` (a plain ``forward_taps`` unless the
+    memory (through ``method.teacher_forward``, which receives ``standard_out``, the
+    teacher's outputs on the standard rows, when the method can reuse them);
+    ``teacher_out`` given (a fused column's shared forward) replaces it. The student runs
+    through ``method.student_forward`` (a plain ``forward_taps`` unless the
     method's student needs more, e.g. the GNN's batch graph). ``student=None`` skips the
     student (phases that train only method modules)."""
     needs = method.taps
     t = teacher_out
     if t is None and teacher is not None:
         with torch.no_grad():
-            t = teacher_outputs(teacher.forward_taps(batch.x, preact=needs.preact), needs)
+            t = teacher_outputs(method.teacher_forward(teacher, batch, needs.preact, standard_out), needs)
     s = method.student_forward(student, batch, t, needs.preact) if student is not None else None
     terms = phase.loss(s, t, batch, info)
     if phase.ce_weight and s is not None:
@@ -437,16 +440,19 @@ class Trainer:
         return self.method.main_lr(self.lr) * (self.recipe.lr_decay ** decays)
 
     def train_step(self, optimizer: torch.optim.Optimizer, phase: Phase, batch, info: StepInfo, run_student: bool,
-                   use_teacher: bool, teacher_out: Outputs | None = None) -> tuple[dict[str, Tensor], Tensor | None]:
+                   use_teacher: bool, teacher_out: Outputs | None = None,
+                   standard_out: Outputs | None = None) -> tuple[dict[str, Tensor], Tensor | None]:
         """One optimisation step; returns the detached loss terms and the number of correct
         student predictions. A function of its own so that the step's outputs are released
         on return: activations kept alive into the next step force fresh allocations (page
         faults) and cost ~5 % of a CPU step (measured with benchmarks/kd_step.py).
-        ``teacher_out``: the teacher's outputs on ``batch`` if already computed (a fused
-        column's shared forward)."""
+        ``teacher_out``: the teacher's outputs on ``batch`` if already computed (a column's
+        shared forward); ``standard_out``: its outputs on the standard rows, for a method
+        whose batch is not the standard one (see ``Method.teacher_on_standard_rows``)."""
         with self.autocast:
             s, terms = phase_losses(self.student if run_student else None, self.teacher if use_teacher else None,
-                                    phase, batch, info, self.method, teacher_out if use_teacher else None)
+                                    phase, batch, info, self.method, teacher_out if use_teacher else None,
+                                    standard_out if use_teacher else None)
         total = sum(terms.values())
         optimizer.zero_grad(set_to_none=True)
         total.backward()

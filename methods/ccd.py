@@ -54,6 +54,11 @@ Choices and deviations:
   rather than the reference script's (batch 128 → 256 rows, lr 0.1, wd 1e-4, Nesterov).
   Teacher and student both run on 2B rows per step, so a CCD step costs about twice a KD
   step of the same image batch.
+* The teacher runs on the two views separately (B original rows, B augmented rows; the
+  reference runs it once on the 2B interleaved rows — the same function, rounding aside):
+  the original view is the standard batch, whose teacher outputs a fused column
+  (``kdbench run --fuse``) computes once for every method, and splitting it the same way
+  when CCD runs alone keeps fused and separate runs bit-identical (version 2).
 * The reference's random draws use Python's ``random`` per image; here the decisions (and
   the second view's crop/flip) come from the method's own generator
   (:func:`kdbench.data.member_generator` of seed, epoch and method name: deterministic,
@@ -76,7 +81,7 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from kdbench.data import Batch, TrainData, TrainDataWrapper, random_crop_flip
 from kdbench.method import Method, MethodConfig, Needs, StepInfo
@@ -129,9 +134,11 @@ class JDATrainData(TrainDataWrapper):
         batch = self.inner.extend(batch, own)
         original = batch.source
         augmented = self.augmented_view(original, batch.index_cpu, own)
-        x = self.normalize(_jda.interleave_views(original, augmented), self.memory_format)
+        x_augmented = self.normalize(augmented, self.memory_format)
+        x = _jda.interleave_views(batch.x, x_augmented).contiguous(memory_format=self.memory_format)
         idx = batch.index.repeat_interleave(2)
-        return Batch(x=x, y=self.labels[idx], index=idx, extras=batch.extras,
+        extras = {**batch.extras, "x_original": batch.x, "x_augmented": x_augmented}
+        return Batch(x=x, y=self.labels[idx], index=idx, extras=extras,
                      source=_jda.interleave_views(original, augmented), index_cpu=batch.index_cpu.repeat_interleave(2))
 
 
@@ -182,6 +189,17 @@ class CCD(Method):
     def wrap_train_dataset(self, data: TrainData) -> TrainData:
         cfg = self.cfg
         return JDATrainData(data, cfg.jda_prob, cfg.jda_levels, cfg.jda_on)
+
+    teacher_on_standard_rows = True
+
+    def teacher_forward(self, teacher: nn.Module, batch: Batch, preact: bool,
+                        standard: Outputs | None = None) -> Outputs:
+        """The teacher on the original view (the standard batch: ``standard`` when a fused
+        column computed it) and on the augmented view, separately, interleaved as the batch."""
+        original = standard if standard is not None else teacher.forward_taps(batch.extras["x_original"], preact)
+        augmented = teacher.forward_taps(batch.extras["x_augmented"], preact)
+        return Outputs(logits=_jda.interleave_views(original.logits, augmented.logits),
+                       embedding=_jda.interleave_views(original.embedding, augmented.embedding))
 
     def loss(self, s: Outputs, t: Outputs, batch: Batch, step: StepInfo) -> dict[str, Tensor]:
         cfg = self.cfg
