@@ -34,6 +34,7 @@ import hashlib
 import logging
 import math
 import os
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -245,33 +246,132 @@ def rotate_batch(x: Tensor, angles: Tensor) -> Tensor:
     return out.to(x.dtype)  # nearest copies input values: exact for uint8
 
 
+#: PyTorch runs a CPU tensor op of fewer elements than this on the calling thread alone
+#: (``at::internal::GRAIN_SIZE``); larger ones fork and join its intra-op thread pool.
+SERIAL_ELEMENTS = 32768
+
+
+def serial_pieces(rows: int, row_elements: int, device: torch.device) -> list[slice]:
+    """Row ranges that split a batch of ``rows`` rows of ``row_elements`` elements each into
+    pieces small enough that an elementwise op or copy on one piece runs on the calling
+    thread (fewer than :data:`SERIAL_ELEMENTS` elements); one range — the whole batch — on
+    other devices, or when a single row is already that big.
+
+    Why: the batch ops here are memory-bound copies of a few hundred kB, which a second
+    thread barely speeds up, but every op that forks and joins the intra-op pool waits for
+    its slowest thread. On a small machine shared with other work (2 cores here, a test
+    run or a training job next door) a descheduled pool thread costs a scheduler tick per
+    op: whole-batch ops made an epoch up to 20× slower under load, piecewise ones do not
+    notice. Splitting along the batch dimension changes no value (every op is per row)."""
+    step = (SERIAL_ELEMENTS - 1) // max(1, row_elements)
+    if device.type != "cpu" or step < 1 or step >= rows:
+        return [slice(0, rows)]
+    return [slice(i, min(rows, i + step)) for i in range(0, rows, step)]
+
+
+def take_rows(images: Tensor, idx: Tensor) -> Tensor:
+    """``images[idx]`` (rows of a dataset tensor, ``idx`` on its device) as a new contiguous
+    tensor, cut with :meth:`~torch.Tensor.index_select` (many times faster on CPU than
+    advanced indexing, same values) in :func:`serial_pieces`."""
+    out = images.new_empty((len(idx), *images.shape[1:]))
+    for piece in serial_pieces(len(idx), images[0].numel() if len(images) else 1, images.device):
+        torch.index_select(images, 0, idx[piece], out=out[piece])
+    return out
+
+
 def augment_batch(x: Tensor, augment: Augment, gen: torch.Generator) -> Tensor:
     """``augment`` applied to a uint8 batch ``B×C×H×W`` as whole-batch tensor ops on ``x``'s
     device: random rotation, random crop (zero padding ``augment.crop_padding``) and
-    horizontal flip, each only if enabled (see :class:`Augment`).
+    horizontal flip, each only if enabled (see :class:`Augment`). Returns a new contiguous
+    batch.
 
     Random numbers come from the CPU generator ``gen``, drawn in this order: angles (``B``),
-    crop offsets (``2×B``), flip coins (``B``); a disabled step draws nothing. CPU and CUDA
-    runs therefore see the same augmentation; only the (tiny) random vectors cross to the
-    device.
+    crop offsets (``2×B``: rows, then columns), flip coins (``B``); a disabled step draws
+    nothing. CPU and CUDA runs therefore see the same augmentation; only the (tiny) random
+    vectors cross to the device. Crop and flip run as one gather (:func:`crop_flip_batch`).
     """
-    b, c, h, w = x.shape
+    b = x.shape[0]
     if augment.rotate_degrees > 0:
         d = float(augment.rotate_degrees)
         angles = torch.rand(b, generator=gen, dtype=torch.float64) * (2 * d) - d
         x = rotate_batch(x, angles)
     pad = augment.crop_padding
-    if pad > 0:
-        offsets = torch.randint(0, 2 * pad + 1, (2, b), generator=gen).to(x.device, non_blocking=True)
-        padded = torch.nn.functional.pad(x, (pad, pad, pad, pad))
-        dev = x.device
-        rows = offsets[0].view(b, 1, 1, 1) + torch.arange(h, device=dev).view(1, 1, h, 1)
-        cols = offsets[1].view(b, 1, 1, 1) + torch.arange(w, device=dev).view(1, 1, 1, w)
-        x = padded[torch.arange(b, device=dev).view(b, 1, 1, 1), torch.arange(c, device=dev).view(1, c, 1, 1), rows, cols]
-    if augment.hflip:
-        flip = (torch.rand(b, generator=gen) < 0.5).to(x.device, non_blocking=True)
-        x = torch.where(flip.view(b, 1, 1, 1), x.flip(3), x)
-    return x.contiguous()
+    offsets = torch.randint(0, 2 * pad + 1, (2, b), generator=gen) if pad > 0 else None
+    flip = torch.rand(b, generator=gen) < 0.5 if augment.hflip else None
+    if offsets is None and flip is None:
+        return x.contiguous()
+    return crop_flip_batch(x, pad, offsets, flip)
+
+
+_scratch = threading.local()
+
+
+def _canvas(rows: int, c: int, h: int, w: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """A zero-filled contiguous ``rows×c×h×w`` scratch tensor for :func:`crop_flip_batch`,
+    kept per thread and reused (a prefix of a larger one when it has more rows): callers
+    write only its interior, so its border stays zero, and only copies of it leave
+    :func:`crop_flip_batch`."""
+    key = (c, h, w, dtype, device)
+    canvas = getattr(_scratch, "canvas", None)
+    if getattr(_scratch, "key", None) != key or canvas.shape[0] < rows:
+        canvas = torch.zeros(rows, c, h, w, dtype=dtype, device=device)
+        _scratch.key, _scratch.canvas = key, canvas
+    return canvas[:rows]
+
+
+def crop_flip_batch(x: Tensor, pad: int, offsets: Tensor | None, flip: Tensor | None) -> Tensor:
+    """Image ``i`` of ``x`` (``B×C×H×W``) zero-padded by ``pad``, cropped back to ``H×W`` at
+    row ``offsets[0, i]`` and column ``offsets[1, i]`` of the padded image (``offsets=None``:
+    no crop, ``pad`` must be 0), then mirrored left–right where ``flip[i]`` (``None``: never).
+    ``offsets`` and ``flip`` are CPU tensors; the result is a new contiguous tensor on
+    ``x``'s device.
+
+    One copy-only gather, no per-pixel index arithmetic:
+
+    * The batch goes into a zero canvas ``N×C×Hp×Wp`` (``Hp = H + 2·pad``; scratch reused
+      across calls, see :func:`_canvas`): rows ``0..B-1`` hold ``x``, rows ``B..2B-1`` hold
+      ``x`` mirrored (only when some image flips).
+    * A mirror commutes with symmetric zero padding, and the mirror of the crop at column
+      ``dx`` is the crop at column ``2·pad - dx`` of the mirrored padded image. So every
+      output image is an unflipped ``C×H×W`` window of one canvas row, starting at flat
+      element ``row·C·Hp·Wp + dy·Wp + dx'``.
+    * ``windows`` is an overlapping :meth:`~torch.Tensor.as_strided` view of the flat
+      canvas whose entry ``k`` is the ``C×H×W`` window starting at flat element ``k``
+      (strides ``Hp·Wp, Wp, 1``); :meth:`~torch.Tensor.index_select` of the ``B`` start
+      elements copies the cropped, flipped images out in one call (on the CPU, one call per
+      :func:`serial_pieces` range).
+
+    Exact by construction: every output byte is a copy of the input byte (or padding zero)
+    that per-image padding, slicing and flipping would pick (pinned by tests against such
+    a reference).
+    """
+    b, c, h, w = x.shape
+    if offsets is None and pad:
+        raise ValueError("crop_flip_batch: pad > 0 needs offsets")
+    hp, wp = h + 2 * pad, w + 2 * pad
+    copies = 1 if flip is None or not bool(flip.any()) else 2
+    canvas = _canvas(copies * b, c, hp, wp, x.dtype, x.device)
+    per_image = c * hp * wp
+    start = torch.arange(b) * per_image
+    dx = offsets[1] if offsets is not None else torch.zeros(b, dtype=torch.long)
+    if copies == 2:
+        flipped = flip.to(torch.long)
+        start += flipped * (b * per_image)  # the mirrored copy of the same image
+        dx = dx + flipped * (2 * pad - 2 * dx)  # dx -> 2·pad - dx where flipped
+    if offsets is not None:
+        start += offsets[0] * wp
+    start += dx
+    span = (c - 1) * hp * wp + (h - 1) * wp + w  # elements from a window's first to its last
+    windows = canvas.view(-1).as_strided((canvas.numel() - span + 1, c, h, w), (1, hp * wp, wp, 1))
+    start = start.to(x.device, non_blocking=True)
+    out = x.new_empty((b, c, h, w))
+    inner = canvas[:, :, pad:pad + h, pad:pad + w]
+    for p in serial_pieces(b, per_image, x.device):  # a piece's windows lie in its own canvas rows
+        inner[p].copy_(x[p])
+        if copies == 2:
+            inner[b + p.start:b + p.stop].copy_(x[p].flip(3))
+        torch.index_select(windows, 0, start[p], out=out[p])
+    return out
 
 
 #: The name methods import (CCD's second view); it applies the whole :class:`Augment`.
@@ -279,7 +379,12 @@ random_crop_flip = augment_batch
 
 
 class Normalizer:
-    """uint8 → float, ``(x/255 - mean)/std`` per channel, as one fused multiply-add."""
+    """uint8 → float, ``(x/255 - mean)/std`` per channel, as one fused multiply-add:
+    ``addcmul(-mean/std, x, 1/(255·std))`` in float32 (run in :func:`serial_pieces` on the
+    CPU: the same elementwise op on row ranges, hence the same values).
+
+    (A 256-entry table per channel, filled with this same addcmul, gives the same values,
+    but a gather through it is slower on the CPU than the multiply-add.)"""
 
     def __init__(self, mean: tuple[float, ...], std: tuple[float, ...], device: torch.device):
         std_t = torch.tensor(std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
@@ -288,8 +393,18 @@ class Normalizer:
         self.shift = -mean_t / std_t
 
     def __call__(self, x: Tensor, memory_format: torch.memory_format = torch.contiguous_format) -> Tensor:
-        out = torch.addcmul(self.shift, x.float(), self.scale)
-        return out.contiguous(memory_format=memory_format)
+        pieces = serial_pieces(x.shape[0], x[0].numel() if len(x) else 1, x.device)
+        if len(pieces) == 1:
+            return torch.addcmul(self.shift, x.float(), self.scale).contiguous(memory_format=memory_format)
+        out = torch.empty(x.shape, dtype=torch.float32, device=x.device)
+        for p in pieces:
+            torch.addcmul(self.shift, x[p].float(), self.scale, out=out[p])
+        if memory_format == torch.contiguous_format:
+            return out
+        converted = torch.empty_like(out, memory_format=memory_format)
+        for p in pieces:
+            converted[p].copy_(out[p])
+        return converted
 
 
 class TrainData:
@@ -327,9 +442,13 @@ class TrainData:
         perm = torch.randperm(len(self), generator=gen)
         return [perm[i:i + self.batch_size] for i in range(0, self.steps_per_epoch() * self.batch_size, self.batch_size)]
 
-    def augmented_uint8(self, idx_cpu: Tensor, gen: torch.Generator) -> Tensor:
-        """The standard-augmented uint8 batch for these indices (before normalisation)."""
-        return augment_batch(self.images[idx_cpu.to(self.device)], self.augment, gen)
+    def augmented_uint8(self, idx_cpu: Tensor, gen: torch.Generator, idx: Tensor | None = None) -> Tensor:
+        """The standard-augmented uint8 batch for these indices (before normalisation);
+        ``idx`` is ``idx_cpu`` already on the device, if the caller has it.
+
+        Rows are cut by :func:`take_rows`."""
+        idx = idx_cpu.to(self.device, non_blocking=True) if idx is None else idx
+        return augment_batch(take_rows(self.images, idx), self.augment, gen)
 
     @property
     def base(self) -> "TrainData":
@@ -339,10 +458,10 @@ class TrainData:
     def base_batch(self, idx_cpu: Tensor, gen: torch.Generator) -> Batch:
         """The standard batch of rows ``idx_cpu``: augmented with draws from ``gen`` (the
         shared stream), normalised; ``source`` keeps the augmented uint8 rows."""
-        source = self.augmented_uint8(idx_cpu, gen)
-        x = self.normalize(source, self.memory_format)
         idx = idx_cpu.to(self.device, non_blocking=True)
-        return Batch(x=x, y=self.labels[idx], index=idx, source=source, index_cpu=idx_cpu)
+        source = self.augmented_uint8(idx_cpu, gen, idx)
+        x = self.normalize(source, self.memory_format)
+        return Batch(x=x, y=self.labels.index_select(0, idx), index=idx, source=source, index_cpu=idx_cpu)
 
     def extend(self, batch: Batch, own: torch.Generator) -> Batch:
         """What this method adds to a standard batch (nothing here), drawing from ``own``.

@@ -6,8 +6,9 @@ import torch
 import torchvision.transforms.functional as TF
 from PIL import Image
 
+from kdbench import data as kdbench_data
 from kdbench.data import (Augment, DatasetError, EvalData, ImageData, Normalizer, TrainData, augment_batch,
-                          epoch_generator, random_crop_flip, rotate_batch)
+                          crop_flip_batch, epoch_generator, random_crop_flip, rotate_batch)
 from kdbench.spec import Recipe
 
 
@@ -185,3 +186,88 @@ def test_for_recipe_unknown_pipeline_says_what_exists():
     d.pipelines.pop("rotate")
     with pytest.raises(DatasetError, match=r"has no 'rotate' pipeline \(it has \['crop'\]\)(.|\n)*how to fix it"):
         d.for_recipe(Recipe(augment="rotate"))
+
+
+# -- the optimised batch path (one gather for crop + flip) against a straightforward reference ----
+def reference_epoch(images, labels, mean, std, augment, batch_size, steps, gen, memory_format):
+    """Per-image zero padding, slicing, flip and ``addcmul(-mean/std, x, 1/(255·std))`` (the
+    normalisation's formula, in float32), replaying the draws in the documented order: the
+    permutation, then per batch the crop offsets (rows, then columns) and the flip coins."""
+    n, c, h, w = images.shape
+    pad = augment.crop_padding
+    std_t = torch.tensor(std, dtype=torch.float32).view(c, 1, 1)
+    mean_t = torch.tensor(mean, dtype=torch.float32).view(c, 1, 1)
+    scale, shift = 1.0 / (255.0 * std_t), -mean_t / std_t
+    perm = torch.randperm(n, generator=gen)
+    for s in range(steps):
+        idx = perm[s * batch_size:(s + 1) * batch_size]
+        b = len(idx)
+        offsets = torch.randint(0, 2 * pad + 1, (2, b), generator=gen) if pad else torch.zeros(2, b, dtype=torch.long)
+        flips = torch.rand(b, generator=gen) < 0.5 if augment.hflip else torch.zeros(b, dtype=torch.bool)
+        rows = []
+        for i, k in enumerate(idx.tolist()):
+            canvas = torch.zeros(c, h + 2 * pad, w + 2 * pad, dtype=torch.uint8)
+            canvas[:, pad:pad + h, pad:pad + w] = images[k]
+            dy, dx = int(offsets[0, i]), int(offsets[1, i])
+            crop = canvas[:, dy:dy + h, dx:dx + w]
+            rows.append(crop.flip(2) if flips[i] else crop)
+        source = torch.stack(rows)
+        x = torch.stack([torch.addcmul(shift, r.float(), scale) for r in rows]).contiguous(memory_format=memory_format)
+        yield idx, source, x, labels[idx]
+
+
+@pytest.mark.parametrize("serial_elements", [False, True], ids=["whole", "pieces"])
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last], ids=["contiguous", "nhwc"])
+@pytest.mark.parametrize("channels,size", [(1, (6, 9)), (3, (8, 8))], ids=["1ch", "3ch"])
+@pytest.mark.parametrize("pad", [0, 3], ids=["nocrop", "crop3"])
+@pytest.mark.parametrize("hflip", [False, True], ids=["noflip", "flip"])
+def test_train_batches_equal_per_image_reference_bit_for_bit(memory_format, channels, size, pad, hflip,
+                                                             serial_elements, monkeypatch):
+    """Every batch of two epochs (order, crops, flips, normalisation, labels) is
+    bit-identical to the per-image reference, for 1 and 3 channels, with and without crop
+    and flip, in either memory format, as whole batches and in serial pieces of a few rows
+    (what full-size images get on the CPU); the tail batch (7 rows) changes the shape."""
+    if serial_elements:  # pieces of 2 rows (1 row for the padded canvas)
+        monkeypatch.setattr(kdbench_data, "SERIAL_ELEMENTS", 2 * channels * size[0] * size[1] + 1)
+        assert len(kdbench_data.serial_pieces(8, channels * size[0] * size[1], torch.device("cpu"))) == 4
+    g = torch.Generator().manual_seed(channels * 100 + pad * 10 + hflip)
+    n = 23
+    images = torch.randint(0, 256, (n, channels, *size), dtype=torch.uint8, generator=g)
+    labels = torch.randint(0, 3, (n,), generator=g)
+    mean, std = (0.49, 0.48, 0.45)[:channels], (0.247, 0.243, 0.261)[:channels]
+    d = ImageData("toy", images, labels, images[:2], labels[:2], ["a", "b", "c"], mean, std, Augment(pad, hflip))
+    td = TrainData(d, batch_size=8, device=torch.device("cpu"), seed=0, memory_format=memory_format)
+    for epoch in (1, 2):
+        got = list(td.base_epoch(epoch_generator(0, 0, epoch)))
+        want = list(reference_epoch(images, labels, mean, std, d.augment, 8, td.steps_per_epoch(),
+                                    epoch_generator(0, 0, epoch), memory_format))
+        assert [len(b) for b in got] == [8, 8, 7] and len(want) == 3
+        for batch, (idx, source, x, y) in zip(got, want):
+            assert torch.equal(batch.index_cpu, idx) and torch.equal(batch.index, idx)
+            assert torch.equal(batch.source, source) and batch.source.is_contiguous()
+            assert batch.x.dtype == torch.float32 and batch.x.is_contiguous(memory_format=memory_format)
+            assert torch.equal(batch.x, x)
+            assert torch.equal(batch.y, y)
+
+
+@pytest.mark.parametrize("serial_elements", [None, 100], ids=["whole", "pieces"])
+@pytest.mark.parametrize("pad,hflip", [(0, True), (2, False), (2, True), (4, True)])
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last], ids=["contiguous", "nhwc"])
+def test_crop_flip_batch_equals_per_image_slicing(pad, hflip, memory_format, serial_elements, monkeypatch):
+    """``crop_flip_batch`` (the gather behind ``augment_batch``) on a batch of any layout, with
+    every offset and both flips, whole or in serial pieces, and the scratch canvas reused
+    across calls and shapes."""
+    if serial_elements:
+        monkeypatch.setattr(kdbench_data, "SERIAL_ELEMENTS", serial_elements)
+    g = torch.Generator().manual_seed(pad * 2 + hflip)
+    for b, c, h, w in [(50, 3, 5, 7), (1, 1, 4, 4), (50, 3, 5, 7), (9, 2, 3, 6)]:
+        x = torch.randint(0, 256, (b, c, h, w), dtype=torch.uint8, generator=g).contiguous(memory_format=memory_format)
+        offsets = torch.randint(0, 2 * pad + 1, (2, b), generator=g) if pad else None
+        flip = torch.rand(b, generator=g) < 0.5 if hflip else None
+        out = crop_flip_batch(x, pad, offsets, flip)
+        out_again = crop_flip_batch(x, pad, offsets, flip)
+        assert out.is_contiguous() and out.data_ptr() != out_again.data_ptr() and torch.equal(out, out_again)
+        for i in range(b):
+            dy, dx = (int(offsets[0, i]), int(offsets[1, i])) if pad else (0, 0)
+            f = bool(flip[i]) if hflip else False
+            assert torch.equal(out[i], naive_crop_flip(x[i], pad, dy, dx, f)), (b, i)
