@@ -94,7 +94,6 @@ class MemberEpoch:
     epoch: int
     optimizer: torch.optim.Optimizer
     lr: float
-    rng: GlobalRNG
     own_gen: torch.Generator
     run_student: bool
     use_teacher: bool
@@ -147,7 +146,7 @@ class Column:
         alive = self.alive()
         total = sum(m.total_epochs() for m in alive) * steps
         progress = Progress(total, sum(m.done_epochs() for m in alive) * steps, self.desc,
-                            first_enabled(self.members))
+                            self.members[0].progress_enabled())
         self.session_start, self.session_epochs = time.perf_counter(), 0
         try:
             for m in self.alive():  # extra phases: each member alone, on its own streams
@@ -183,15 +182,14 @@ class Column:
         seed_everything(derived_seed(lead.seed, stream, epoch))
         states = []
         for m in group:
-            rng = self.rngs[id(m)]
-            rng.save()  # every member starts the epoch from the seeded state
-            state = self._guard(m, self._begin_member_epoch, m, rng, stream)
+            if self.fused:
+                self.rngs[id(m)].save()  # every member starts the epoch from the seeded state
+            state = self._guard(m, self._begin_member_epoch, m, stream)
             if state is not None:
                 states.append(state)
         gen = epoch_generator(lead.seed, stream, epoch)
         steps = self.data.steps_per_epoch()
-        for i, base in enumerate(self._timed_batches(gen)):
-            batch_time, base = base
+        for i, (batch_time, base) in enumerate(self._timed_batches(gen)):
             states = [s for s in states if id(s.trainer) not in self.errors]
             if not states:
                 break
@@ -246,13 +244,13 @@ class Column:
             s.own_time += time.perf_counter() - t0
 
     # -- member steps (each under its own RNG when fused) -------------------------------
-    def _begin_member_epoch(self, m: "Trainer", rng: GlobalRNG, stream: int) -> MemberEpoch:
+    def _begin_member_epoch(self, m: "Trainer", stream: int) -> MemberEpoch:
         pi, epoch = m.next_phase, m.next_epoch
         phase = m.phase_list[pi]
         optimizer = m.phase_optimizer(pi)
         lr = m.set_epoch_lr(optimizer, phase, epoch)
         m.set_modes(phase)
-        return MemberEpoch(trainer=m, phase_idx=pi, phase=phase, epoch=epoch, optimizer=optimizer, lr=lr, rng=rng,
+        return MemberEpoch(trainer=m, phase_idx=pi, phase=phase, epoch=epoch, optimizer=optimizer, lr=lr,
                            own_gen=member_generator(m.seed, stream, epoch, m.method.name),
                            run_student=phase.student != "none",
                            use_teacher=m.teacher is not None and phase.needs_teacher,
@@ -318,10 +316,6 @@ class Column:
         finally:
             if rng.state:
                 rng.save()
-
-
-def first_enabled(members: list["Trainer"]) -> bool:
-    return members[0].progress_enabled()
 
 
 # -- which runs form a column ---------------------------------------------------------------
