@@ -12,7 +12,8 @@ separately (``Column([m]).train_epoch`` for each member), in alternating order s
 drifting machine load hits both; the total times, their ratio, each member's own and
 shared time and the per-member overhead of fusing are printed (medians over rounds), then
 the process's memory: resident set after loading the data and teacher, after building
-every member, and its peak.
+every member, and the peak of each side (:mod:`kdbench.memory`, reset before each side
+on Linux).
 
     python benchmarks/fused_column.py [--steps 8] [--rounds 3] [--warmup 1] [--num-train 50000] [--methods all]
 """
@@ -20,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import resource
 import statistics
 import sys
 import tempfile
@@ -29,6 +29,7 @@ from pathlib import Path
 
 import torch
 
+from kdbench import memory
 from kdbench.build import build_run
 from kdbench.column import Column
 from kdbench.data import EvalData, TrainData
@@ -50,21 +51,6 @@ class FirstSteps(TrainData):
 
     def steps_per_epoch(self) -> int:
         return min(self.steps, super().steps_per_epoch())
-
-
-def rss_mb() -> float:
-    """The current resident set size (MB) from /proc (Linux), else the peak."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return peak_mb()
-
-
-def peak_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (2**20 if sys.platform == "darwin" else 1024)
 
 
 def build_members(data, methods: str, teacher: torch.nn.Module, base: TrainData, tmp: Path) -> list[Trainer]:
@@ -104,9 +90,11 @@ def main() -> None:
         torch.manual_seed(0)
         teacher = create_model("resnet32x4", 100).eval().requires_grad_(False)
         base = FirstSteps(data, 64, torch.device("cpu"), seed=0)
-        rss_data = rss_mb()
+        cpu = torch.device("cpu")
+        rss_data = memory.resident_mb()
         members = build_members(data, args.methods, teacher, base, tmp / "runs")
-        rss_built = rss_mb()
+        rss_built = memory.resident_mb()
+        peaks: dict[str, list[float]] = {"fused": [], "separate": []}
         names = [m.desc for m in members]
         separate: dict[str, list[float]] = {n: [] for n in names}
         fused_total: list[float] = []
@@ -117,8 +105,10 @@ def main() -> None:
 
             def run_fused() -> None:
                 column = Column([at_main_epoch(m, epoch) for m in members])
+                memory.reset_peak(cpu)
                 t0 = time.perf_counter()
                 states = column.train_epoch(members, quiet)
+                peaks["fused"].append(memory.peak_mb(cpu))
                 log.info("round %d, fused: %.2f s", r, time.perf_counter() - t0)
                 if r >= 0:
                     fused_total.append(time.perf_counter() - t0)
@@ -128,9 +118,11 @@ def main() -> None:
             def run_separate() -> None:
                 for m in members:
                     column = Column([at_main_epoch(m, epoch)])
+                    memory.reset_peak(cpu)
                     t0 = time.perf_counter()
                     column.train_epoch([m], quiet)
                     took = time.perf_counter() - t0
+                    peaks["separate"].append(memory.peak_mb(cpu))
                     log.info("round %d, separately: %s %.2f s", r, m.desc, took)
                     if r >= 0:
                         separate[m.desc].append(took)
@@ -141,7 +133,7 @@ def main() -> None:
     total_sep = statistics.median([sum(v[i] for v in separate.values()) for i in range(args.rounds)])
     total_fused = statistics.median(fused_total)
     own_sum = statistics.median([sum(v[i][0] + v[i][1] for v in fused_parts.values()) for i in range(args.rounds)])
-    print(f"column of {len(members)} runs (every method + vanilla), resnet32x4->resnet8x4, CIFAR-100 format, "
+    print(f"column of {len(members)} runs ({args.methods} methods + vanilla), resnet32x4->resnet8x4, CIFAR-100 format, "
           f"N={args.num_train}, batch 64, CPU, {torch.get_num_threads()} threads, {args.rounds} rounds x {steps} "
           f"steps, medians:")
     print(f"  separately: {total_sep:7.2f} s   fused: {total_fused:7.2f} s   speed-up {total_sep / total_fused:.2f}x")
@@ -154,9 +146,11 @@ def main() -> None:
         share = statistics.median(s for _, s in fused_parts[n]) / steps
         print(f"  {n:10s} {sep * 1000:11.1f} ms {own * 1000:11.1f} ms {share * 1000:11.1f} ms "
               f"{(own + share) / sep:9.2f}x")
-    print(f"  memory: {rss_data:.0f} MB resident with the data and teacher, {rss_built:.0f} MB with every member "
-          f"built (students, optimizers, method state), peak {peak_mb():.0f} MB")
-
+    print(f"  memory (resident set): {rss_data:.0f} MB with the data and teacher, {rss_built:.0f} MB with every "
+          f"member built (students, optimizers, method state); peak while training: fused column "
+          f"{max(peaks['fused']):.0f} MB, largest separate run {max(peaks['separate']):.0f} MB "
+          f"(this one process holds every member on both sides; a separate run in its own process "
+          f"holds one)")
 
 if __name__ == "__main__":
     main()

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from kdbench.config import resolve_config
 from kdbench.data import epoch_generator
 from kdbench.method import StepInfo
 from kdbench.models import create_model
@@ -61,6 +62,10 @@ def main() -> None:
     p.add_argument("--num-train", type=int, default=50000)
     args = p.parse_args()
     names = METHODS.list() if args.methods == "all" else args.methods.split(",")
+    own_student = [n for n in names if METHODS.get(n).student_name(resolve_config(METHODS.get(n), {}))]
+    if own_student:  # CNN2GNN and gnn train their own (GNN) student, not resnet8x4
+        print(f"left out (they bring their own student, not resnet8x4): {', '.join(own_student)}")
+        names = [n for n in names if n not in own_student]
     if "kd" not in names:
         names.insert(0, "kd")
     torch.manual_seed(0)

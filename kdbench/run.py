@@ -15,7 +15,6 @@ import os
 import platform
 import socket
 import subprocess
-import sys
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -29,6 +28,7 @@ import kdbench
 from kdbench.build import Skipped, build_run
 from kdbench.config import config_dict, resolve_config
 from kdbench.data import EvalData, ImageData, TrainData, data_root
+from kdbench import memory
 from kdbench.datasets import get_dataset
 from kdbench.method import Method
 from kdbench.models import is_lightweight, model_version
@@ -229,6 +229,9 @@ def execute_column(specs: list[RunSpec], session: Session, keep_failed: bool = F
                 rows[i] = _record(member, exc)
         training = [(i, m) for i, m in members if m.prepared is not None]
         if training:
+            # the peak of this column's training (its members' models, optimizers and method
+            # state, the data): not of earlier columns trained by this process
+            memory.reset_peak(training[0][1].prepared.trainer.device)
             outcomes = _fit([m.prepared for _, m in training])
             for (i, member), result in zip(training, outcomes):
                 if not isinstance(result, BaseException):
@@ -354,7 +357,7 @@ def _measured(prepared: _Prepared, result: TrainResult) -> dict[str, Any]:
         "own_time_s": round(result.own_time, 3), "shared_time_s": round(result.shared_time, 3),
         "fused": result.fused, "column_size": result.column_size,
         "time_per_epoch_s": round(result.wall_time / max(1, len(result.history)), 4),
-        "peak_memory_mb": peak_memory_mb(prepared.trainer.device),
+        "peak_memory_mb": memory.peak_mb(prepared.trainer.device),
         "student_params": sum(p.numel() for p in student.parameters()),
         "extra_params": sum(p.numel() for p in built.method.parameters()),
         "uses_teacher_at_inference": built.method.uses_teacher_at_inference,
@@ -365,17 +368,3 @@ def _measured(prepared: _Prepared, result: TrainResult) -> dict[str, Any]:
         "num_train": len(built.train_data), "num_test": len(eval_data),
         "pid": os.getpid(),
     }
-
-
-def peak_memory_mb(device: torch.device) -> float | None:
-    """The peak memory so far of this process: CUDA's allocator peak on a CUDA device, else
-    the peak resident set size (a fused column's students, optimizers and method state all
-    live in one process: this is what its members share)."""
-    if device.type == "cuda":
-        return round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
-    try:
-        import resource
-    except ImportError:  # not on POSIX
-        return None
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return round(rss / (2**20 if sys.platform == "darwin" else 2**10), 1)
