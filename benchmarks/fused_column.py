@@ -53,6 +53,12 @@ class FirstSteps(TrainData):
         return min(self.steps, super().steps_per_epoch())
 
 
+def mb(value: float | None) -> str:
+    """A memory figure for the summary (``n/a`` where the platform gives none: the resident
+    set is read on Linux only)."""
+    return "n/a" if value is None else f"{value:.0f}"
+
+
 def build_members(data, methods: str, teacher: torch.nn.Module, base: TrainData, tmp: Path) -> list[Trainer]:
     grid = build_grid({}, dataset="cifar100", pairs="resnet32x4->resnet8x4", methods=methods, seeds="1")
     members = []
@@ -89,8 +95,8 @@ def main() -> None:
         data = Cifar100(expected_train=args.num_train, expected_test=64).load(tmp / "data")
         torch.manual_seed(0)
         teacher = create_model("resnet32x4", 100).eval().requires_grad_(False)
-        base = FirstSteps(data, 64, torch.device("cpu"), seed=0)
         cpu = torch.device("cpu")
+        base = FirstSteps(data, 64, cpu, seed=0)
         rss_data = memory.resident_mb()
         members = build_members(data, args.methods, teacher, base, tmp / "runs")
         rss_built = memory.resident_mb()
@@ -108,10 +114,11 @@ def main() -> None:
                 memory.reset_peak(cpu)
                 t0 = time.perf_counter()
                 states = column.train_epoch(members, quiet)
+                took = time.perf_counter() - t0
                 peaks["fused"].append(memory.peak_mb(cpu))
-                log.info("round %d, fused: %.2f s", r, time.perf_counter() - t0)
+                log.info("round %d, fused: %.2f s", r, took)
                 if r >= 0:
-                    fused_total.append(time.perf_counter() - t0)
+                    fused_total.append(took)
                     for s in states:
                         fused_parts[s.trainer.desc].append((s.own_time, s.shared_time))
 
@@ -146,11 +153,12 @@ def main() -> None:
         share = statistics.median(s for _, s in fused_parts[n]) / steps
         print(f"  {n:10s} {sep * 1000:11.1f} ms {own * 1000:11.1f} ms {share * 1000:11.1f} ms "
               f"{(own + share) / sep:9.2f}x")
-    print(f"  memory (resident set): {rss_data:.0f} MB with the data and teacher, {rss_built:.0f} MB with every "
+    print(f"  memory (resident set): {mb(rss_data)} MB with the data and teacher, {mb(rss_built)} MB with every "
           f"member built (students, optimizers, method state); peak while training: fused column "
-          f"{max(peaks['fused']):.0f} MB, largest separate run {max(peaks['separate']):.0f} MB "
+          f"{mb(max(peaks['fused'], default=None))} MB, largest separate run {mb(max(peaks['separate'], default=None))} MB "
           f"(this one process holds every member on both sides; a separate run in its own process "
           f"holds one)")
+
 
 if __name__ == "__main__":
     main()

@@ -25,10 +25,10 @@ import torch
 from torch import nn
 
 import kdbench
+from kdbench import memory
 from kdbench.build import Skipped, build_run
 from kdbench.config import config_dict, resolve_config
 from kdbench.data import EvalData, ImageData, TrainData, data_root
-from kdbench import memory
 from kdbench.datasets import get_dataset
 from kdbench.method import Method
 from kdbench.models import is_lightweight, model_version

@@ -57,9 +57,16 @@ PROBE_PREFIX = "probe:"
 
 def probe_target(metric: str) -> str | None:
     """The target dataset of a probe metric (``None`` for the other metrics)."""
-    if not metric.startswith(PROBE_PREFIX) or not metric[len(PROBE_PREFIX):]:
+    if not metric.startswith(PROBE_PREFIX):
         return None
     return metric[len(PROBE_PREFIX):].partition("@")[0] or None
+
+
+def probe_setting(metric: str) -> str | None:
+    """The probe key a probe metric names after ``@`` (``None``: not named, or not a probe metric)."""
+    if not metric.startswith(PROBE_PREFIX):
+        return None
+    return metric[len(PROBE_PREFIX):].partition("@")[2] or None
 
 
 def metric_column(metric: str) -> str:

@@ -21,7 +21,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from kdbench.reports.leaderboard import probe_target
+from kdbench.reports.leaderboard import probe_setting, probe_target
 from kdbench.store import read_json
 
 #: Status given to a done run's row that has no probe: counted nowhere in the cells.
@@ -69,7 +69,7 @@ def with_probes(records: list[dict[str, Any]], metric: str, out: str,
     target = probe_target(metric)
     if target is None:
         raise ValueError(f"{metric!r} is not a probe metric (probe:<target>)")
-    wanted = metric[len("probe:"):].partition("@")[2] or None
+    wanted = probe_setting(metric)
     done = [r for r in records if r.get("status") == "done" and (dataset is None or r.get("dataset") == dataset)]
     found = {r.get("run_dir"): read_probes(r.get("run_dir"), target) for r in done}
     settings: dict[str, tuple[str, int]] = {}
