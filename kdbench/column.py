@@ -51,6 +51,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from kdbench import preemption
 from kdbench.data import Batch, epoch_generator, member_generator
 from kdbench.method import Needs, Phase, StepInfo
 from kdbench.taps import Outputs
@@ -309,6 +310,8 @@ class Column:
         except (KeyboardInterrupt, SystemExit):
             raise
         except Exception as exc:
+            if preemption.requeue_requested():
+                raise  # the job is being requeued: stop the whole column, it resumes there
             self.errors[id(m)] = exc
             log.warning("%s failed in a fused column (%s: %s); the other members go on", m.desc,
                         type(exc).__name__, exc)

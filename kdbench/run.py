@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 import kdbench
-from kdbench import memory
+from kdbench import memory, preemption
 from kdbench.build import Skipped, build_run
 from kdbench.config import config_dict, resolve_config
 from kdbench.data import EvalData, ImageData, TrainData, data_root
@@ -265,6 +265,10 @@ def _fit(prepared: list["_Prepared"]) -> list[Any]:
 
 def _record(member: _Member, error: BaseException | None, measured: dict[str, Any] | None = None) -> dict[str, Any]:
     """Write ``member``'s result row: done with ``measured``, or skipped / failed by ``error``."""
+    if error is not None and not isinstance(error, Skipped) and preemption.requeue_requested():
+        # interrupted for a requeue (e.g. `scontrol requeue` itself got Slurm's SIGTERM): the
+        # requeued job resumes this run from its checkpoint, so it is not a failed run
+        raise error
     row = member.row
     if error is None:
         row.update(measured or {})

@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import signal
 import socket
 import time
 from dataclasses import dataclass, field
@@ -125,6 +126,27 @@ class RunJob(submitit.helpers.Checkpointable):
             raise RunFailed("; ".join(f"{label} failed: {row.get('error')} (the row is in {row.get('run_dir')})"
                                       for label, row in failed))
         return [{k: v for k, v in row.items() if k != "traceback"} for row in rows]
+
+    def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:
+        """Called by submitit's preemption/time-limit handler right before it runs
+        ``scontrol requeue`` on this job and exits.
+
+        The requeue makes Slurm SIGTERM every process of the job, and that includes the
+        ``scontrol`` child when it has not exited yet: it then dies, submitit raises
+        ``CalledProcessError``, and the run was recorded as failed although it was
+        requeued (seen on CI). So from here on SIGTERM is ignored: a disposition set to
+        ``SIG_IGN`` is inherited across ``exec``, so ``scontrol`` survives it too, and this
+        process exits right after the requeue anyway (Slurm's SIGKILL follows after its
+        ``KillWait`` if it does not). :func:`kdbench.preemption.request_requeue` tells the
+        engine that whatever is raised from now on interrupts the run, it does not fail
+        it. The engine's own epoch checkpoint is what the requeued job resumes from."""
+        from kdbench import preemption
+
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        preemption.request_requeue()
+        log.warning("job %s: interrupted (preemption or time limit); being requeued, it resumes from the last epoch "
+                    "checkpoint", current_slurm_job() or os.getpid())
+        return super().checkpoint(*args, **kwargs)
 
     def __repr__(self) -> str:
         more = f" + {len(self.specs) - 1} fused" if len(self.specs) > 1 else ""

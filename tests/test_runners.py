@@ -276,3 +276,66 @@ def test_the_slurm_runner_without_slurm_is_a_one_line_error(tmp_path, capsys, mo
     err = capsys.readouterr().err
     assert code == 2 and "`scontrol` is not on PATH: run on a Slurm login node, or use --runner local" in err
     assert "Traceback" not in err and not (tmp_path / "o" / "runs").exists()
+
+
+REQUEUE_IN_A_JOB = """
+import signal, sys
+from submitit.core.job_environment import SignalHandler
+from submitit.core.utils import DelayedSubmission, JobPaths
+from submitit.slurm.slurm import SlurmJobEnvironment
+from kdbench.runners.jobs import JobOptions, RunJob
+from kdbench.spec import RunSpec
+
+job = RunJob(RunSpec.from_json({spec!r}), JobOptions(out={out!r}))
+delayed = DelayedSubmission(job)
+delayed.set_timeout(60, 3)
+paths = JobPaths({folder!r}, job_id="4242")
+paths.folder.mkdir(parents=True, exist_ok=True)
+SignalHandler(SlurmJobEnvironment(), paths, delayed).checkpoint_and_try_requeue(signal.SIGUSR2)
+"""
+
+
+def test_the_requeue_survives_the_sigterm_slurm_sends_when_it_requeues(tmp_path):
+    """On preemption submitit checkpoints the job and runs `scontrol requeue`; the requeue
+    makes Slurm SIGTERM every process of the job, `scontrol` too if it has not exited yet
+    (seen on CI: the run was then recorded failed). Here a fake `scontrol` gets that SIGTERM
+    while it requeues: it must survive, and the job must leave as submitit's handler does
+    after a successful requeue (exit code 255, the checkpointed call pickled)."""
+    import subprocess
+    import sys
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    calls = tmp_path / "scontrol.calls"
+    fake = bin_dir / "scontrol"
+    fake.write_text(f'#!/bin/sh\nkill -TERM $$\necho "$@" >> "{calls}"\n')
+    fake.chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
+    env.update(SLURM_JOB_ID="4242", SLURM_PROCID="0", PATH=f"{bin_dir}{os.pathsep}{env['PATH']}")
+    script = REQUEUE_IN_A_JOB.format(spec=_spec().to_json(), out=str(tmp_path / "out"), folder=str(tmp_path / "jobs"))
+    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 255, proc.stderr
+    assert calls.read_text().split() == ["requeue", "4242"]
+    assert "CalledProcessError" not in proc.stderr
+    assert (tmp_path / "jobs" / "4242_submitted.pkl").exists()
+
+
+def test_an_exception_after_a_requeue_request_interrupts_runs_and_writes_no_failed_row(tmp_path, monkeypatch):
+    """Once the job is being requeued, an exception (alone or in a fused column) ends the
+    job without a result row: the requeued job resumes the runs, a failed row would stop
+    `kdbench status` from waiting for them."""
+    from kdbench import preemption
+    from kdbench.registry import import_user_modules
+    from kdbench.run import execute, execute_column
+
+    monkeypatch.syspath_prepend(TOYS)
+    import_user_modules(["kdbench_toys"])
+    session = JobOptions(out=str(tmp_path), imports=("kdbench_toys",), progress=False).session()
+    spec = dataclasses.replace(_spec("kd"), method="toy_raise", imports=("kdbench_toys",))
+    monkeypatch.setattr(preemption, "_requested", True)
+    with pytest.raises(RuntimeError, match="toy_raise: this method always raises"):
+        execute(spec, session)
+    kd = dataclasses.replace(_spec("kd"), imports=("kdbench_toys",))
+    with pytest.raises(RuntimeError, match="toy_raise: this method always raises"):
+        execute_column([kd, spec], session)
+    assert not [r for r in Store(tmp_path).iter_results() if r["method"] != "vanilla"]
