@@ -8,6 +8,7 @@ Every wait has its own deadline (submitit's ``result()`` has none).
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -128,9 +129,19 @@ def test_a_fused_column_is_one_slurm_job_with_the_inline_results(cluster, tmp_pa
 def test_a_preempted_student_resumes_from_its_checkpoint_with_the_same_result(cluster, tmp_path):
     """Preemption as submitit simulates it (SIGTERM, then USR2) in the middle of epoch 2 or
     later: the job is requeued, resumes from its epoch checkpoint, and ends with the
-    weights and accuracy of an uninterrupted run."""
+    weights and accuracy of an uninterrupted run.
+
+    The jobs' `scontrol` lingers 2 s after it requeued the job, so the SIGTERM that Slurm
+    sends every process of a job it requeues always reaches it (on CI it once did by
+    chance: the run was recorded failed). Fails if either half of the fix is undone: the
+    ignored SIGTERM (scontrol dies, the log shows CalledProcessError) or the engine's
+    requeue flag (a failed row)."""
     args = ["--methods", "kd", "--seeds", "1", "--epochs", "6", "--teacher-epochs", "1", "--no-progress"]
-    grid = slurm_grid(tmp_path)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "scontrol").write_text(f'#!/bin/sh\n{shutil.which("scontrol")} "$@"\nrc=$?\nsleep 2\nexit $rc\n')
+    (bin_dir / "scontrol").chmod(0o755)
+    grid = slurm_grid(tmp_path, setup=[f"export PATH={bin_dir}:$PATH"])
     out = tmp_path / "slurm"
     assert main(["run", "--grid", str(grid), *args, "--out", str(out)]) == 0
     kd_dir = wait_for(lambda: next((p for p in (out / "runs").glob("digits/resnet20__resnet8/kd/*")
@@ -149,6 +160,8 @@ def test_a_preempted_student_resumes_from_its_checkpoint_with_the_same_result(cl
     assert row["status"] == "done" and row["resumed_from"] is not None, row
     history = sacct([job_id], "JobID,State", duplicates=True)
     assert any(h["State"] in ("REQUEUED", "PREEMPTED") for h in history), history
+    job_log = "".join(p.read_text() for p in (out / "jobs").rglob("*_log.err"))
+    assert job_log and "CalledProcessError" not in job_log, job_log[-2000:]  # scontrol survived its SIGTERM
     assert main(["run", *args, "--out", str(tmp_path / "inline")]) == 0
     inline = next(r for r in Store(tmp_path / "inline").iter_results() if r["method"] == "kd")
     assert inline["run_key"] == row["run_key"] and inline["top1_last"] == row["top1_last"]
