@@ -27,6 +27,7 @@ import functools
 import logging
 import os
 import re
+import warnings
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -65,7 +66,10 @@ def _torch_load(path: Path, what: str) -> Any:
     if not path.is_file():
         raise CheckpointError(f"{what} {path} is not a file (expected a file written by torch.save)")
     try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
+        with torch.serialization.safe_globals([argparse.Namespace]), warnings.catch_warnings():
+            # files pickled with protocol > 2 (plain pickle.dump, other tools) load fine; torch's
+            # warning about the protocol is noise for a user who only wants the weights
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
             return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises UnpicklingError, RuntimeError, EOFError, ... for bad files
         raise CheckpointError(

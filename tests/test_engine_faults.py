@@ -9,6 +9,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from conftest import TESTS, kdbench_cli
 from kdbench import cli as kdbench_main
 from kdbench.grid import build_grid
@@ -68,6 +70,7 @@ class _Exploit:
         return (os.system, (f"touch {self.target}",))
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")  # the hostile file is pickled with protocol 4
 def test_an_engine_checkpoint_is_read_weights_only_and_a_hostile_one_is_ignored(tmp_path, capsys):
     out = tmp_path / "out"
     grid = build_grid(dataset="digits", methods="kd", pairs="resnet8->resnet8", seeds="1", epochs=1, teacher_epochs=1,
