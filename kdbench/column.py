@@ -158,6 +158,12 @@ class Column:
                 group = [m for m in self.alive() if (m.next_phase, m.next_epoch) == (m.main_index(), epoch)]
                 if group:
                     self.run_epoch(group, progress)
+        except Exception as exc:
+            if not (self.fused and preemption.ends_the_run(exc)):
+                raise  # a run alone records it itself; after a requeue, the next job resumes every member
+            # submitit declined the requeue (too many time-outs): every unfinished member fails with its reason
+            for m in self.alive():
+                self.errors[id(m)] = exc
         finally:
             progress.close()
         return [self.errors.get(id(m)) or m.result(fused=self.fused, column_size=len(self.members))
@@ -311,7 +317,7 @@ class Column:
             raise
         except Exception as exc:
             if preemption.requeue_requested():
-                raise  # the job is being requeued: stop the whole column, it resumes there
+                raise  # the job ends (requeued or not): stop the whole column, see fit()
             self.errors[id(m)] = exc
             log.warning("%s failed in a fused column (%s: %s); the other members go on", m.desc,
                         type(exc).__name__, exc)

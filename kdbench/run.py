@@ -265,7 +265,7 @@ def _fit(prepared: list["_Prepared"]) -> list[Any]:
 
 def _record(member: _Member, error: BaseException | None, measured: dict[str, Any] | None = None) -> dict[str, Any]:
     """Write ``member``'s result row: done with ``measured``, or skipped / failed by ``error``."""
-    if error is not None and not isinstance(error, Skipped) and preemption.requeue_requested():
+    if error is not None and not isinstance(error, Skipped) and preemption.interrupts_run(error):
         # interrupted for a requeue (e.g. `scontrol requeue` itself got Slurm's SIGTERM): the
         # requeued job resumes this run from its checkpoint, so it is not a failed run
         raise error

@@ -339,3 +339,33 @@ def test_an_exception_after_a_requeue_request_interrupts_runs_and_writes_no_fail
     with pytest.raises(RuntimeError, match="toy_raise: this method always raises"):
         execute_column([kd, spec], session)
     assert not [r for r in Store(tmp_path).iter_results() if r["method"] != "vanilla"]
+
+
+def test_a_requeue_that_submitit_declines_ends_every_unfinished_member_as_a_failed_row(tmp_path, monkeypatch):
+    """After checkpointing, submitit may still decline the requeue (timed out more often than
+    max_requeues allow) and raises UncompletedJobError into the running code: that is the
+    end of the run, so it is a failed row with submitit's reason — for a single run and for
+    every member of a fused column (the column stops; the job is at its time limit)."""
+    from submitit.core.utils import UncompletedJobError
+
+    from kdbench import preemption
+    from kdbench.registry import import_user_modules
+    from kdbench.run import execute, execute_column
+
+    monkeypatch.syspath_prepend(TOYS)
+    import_user_modules(["kdbench_toys"])
+    from kdbench_toys import ToyRaise
+
+    def declined(self, s, t, batch, step):
+        raise UncompletedJobError("Job not requeued because: timed-out too many times.")
+
+    monkeypatch.setattr(ToyRaise, "loss", declined)
+    session = JobOptions(out=str(tmp_path), imports=("kdbench_toys",), progress=False).session()
+    spec = dataclasses.replace(_spec("kd"), method="toy_raise", imports=("kdbench_toys",))
+    monkeypatch.setattr(preemption, "_requested", True)
+    row = execute(spec, session)
+    assert row["status"] == "failed" and "timed-out too many times" in row["error"], row
+    kd = dataclasses.replace(_spec("kd"), imports=("kdbench_toys",))
+    rows = {r["method"]: r for r in execute_column([kd, spec], session, keep_failed=False)}
+    assert set(rows) == {"kd", "toy_raise"}
+    assert all(r["status"] == "failed" and "timed-out too many times" in r["error"] for r in rows.values()), rows
