@@ -25,6 +25,24 @@ TOYS = str(Path(__file__).resolve().parent / "toy_plugins")
 ONE_EPOCH = ["--methods", "kd", "--seeds", "1", "--epochs", "1", "--teacher-epochs", "1", "--no-progress", "-q"]
 
 
+@pytest.fixture
+def toy_methods(monkeypatch):
+    """The toy plugins registered in this process for one test only: the method registry
+    and ``sys.modules`` are restored afterwards, so later tests (e.g. ``--methods all``
+    counts) never see toy_raise and friends."""
+    import sys
+
+    from kdbench.registry import METHODS, import_user_modules
+
+    METHODS.list()  # built-ins loaded before the snapshot
+    monkeypatch.setattr(METHODS, "_items", dict(METHODS._items))
+    monkeypatch.setattr(METHODS, "_meta", dict(METHODS._meta))
+    monkeypatch.syspath_prepend(TOYS)
+    import_user_modules(["kdbench_toys"])
+    yield
+    sys.modules.pop("kdbench_toys", None)
+
+
 def max_overlap(intervals: list[tuple[float, float]]) -> int:
     """The largest number of intervals open at one instant (a sweep over start/end events)."""
     events = sorted([(s, 1) for s, _ in intervals] + [(e, -1) for _, e in intervals], key=lambda x: (x[0], x[1]))
@@ -320,16 +338,13 @@ def test_the_requeue_survives_the_sigterm_slurm_sends_when_it_requeues(tmp_path)
     assert (tmp_path / "jobs" / "4242_submitted.pkl").exists()
 
 
-def test_an_exception_after_a_requeue_request_interrupts_runs_and_writes_no_failed_row(tmp_path, monkeypatch):
+def test_an_exception_after_a_requeue_request_interrupts_runs_and_writes_no_failed_row(tmp_path, monkeypatch, toy_methods):
     """Once the job is being requeued, an exception (alone or in a fused column) ends the
     job without a result row: the requeued job resumes the runs, a failed row would stop
     `kdbench status` from waiting for them."""
     from kdbench import preemption
-    from kdbench.registry import import_user_modules
     from kdbench.run import execute, execute_column
 
-    monkeypatch.syspath_prepend(TOYS)
-    import_user_modules(["kdbench_toys"])
     session = JobOptions(out=str(tmp_path), imports=("kdbench_toys",), progress=False).session()
     spec = dataclasses.replace(_spec("kd"), method="toy_raise", imports=("kdbench_toys",))
     monkeypatch.setattr(preemption, "_requested", True)
@@ -341,7 +356,7 @@ def test_an_exception_after_a_requeue_request_interrupts_runs_and_writes_no_fail
     assert not [r for r in Store(tmp_path).iter_results() if r["method"] != "vanilla"]
 
 
-def test_a_requeue_that_submitit_declines_ends_every_unfinished_member_as_a_failed_row(tmp_path, monkeypatch):
+def test_a_requeue_that_submitit_declines_ends_every_unfinished_member_as_a_failed_row(tmp_path, monkeypatch, toy_methods):
     """After checkpointing, submitit may still decline the requeue (timed out more often than
     max_requeues allow) and raises UncompletedJobError into the running code: that is the
     end of the run, so it is a failed row with submitit's reason — for a single run and for
@@ -349,11 +364,7 @@ def test_a_requeue_that_submitit_declines_ends_every_unfinished_member_as_a_fail
     from submitit.core.utils import UncompletedJobError
 
     from kdbench import preemption
-    from kdbench.registry import import_user_modules
     from kdbench.run import execute, execute_column
-
-    monkeypatch.syspath_prepend(TOYS)
-    import_user_modules(["kdbench_toys"])
     from kdbench_toys import ToyRaise
 
     def declined(self, s, t, batch, step):
